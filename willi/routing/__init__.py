@@ -1,0 +1,51 @@
+"""Recipient routing: mappings answer a key with a Route; the Router asks them
+in order (SPEC §3). The types every mapping shares live here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a mapping answers: the upstream target list and whether to verify TLS."""
+
+    server: str
+    tls_verify: bool = True
+
+
+class Mapping(Protocol):
+    """One configured mapping (csv:, static:, mysql:).
+
+    `get` returns the route for one lower-cased key, None for no match, and
+    raises MappingError when the mapping itself failed. Mappings whose `get`
+    may block (`blocking` is True) are only called from worker threads; on the
+    reactor the Router uses `peek`, which answers from memory only and returns
+    NOT_CACHED when it would have to block.
+    """
+
+    name: str
+    blocking: bool
+
+    def get(self, key: str) -> Route | None: ...
+
+    def peek(self, key: str) -> "Route | None | NotCached": ...
+
+    def reload(self) -> None: ...
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class NotCached:
+    """Sentinel type: a blocking mapping has no answer in memory for the key."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NOT_CACHED"
+
+
+NOT_CACHED = NotCached()
