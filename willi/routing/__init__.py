@@ -8,6 +8,27 @@ from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True)
+class MappingSpec:
+    """One WILLI_MAPPING_N as configured (built by willi.config)."""
+
+    index: int  # N
+    uri: str  # csv:PATH, static:SERVER, mysql://...
+    query: str = "SELECT server, tls_verify FROM upstreams WHERE pattern = %s"
+    cache_ttl: float = 60.0  # seconds, answers that matched
+    miss_ttl: float = 10.0  # seconds, "no match" answers
+    stale_ttl: float = 3600.0  # seconds, served while the database is unreachable
+    tls_verify: bool = True  # static: only (WILLI_MAPPING_N_TLS_VERIFY)
+
+    @property
+    def name(self) -> str:
+        """How logs and --lookup name the mapping; never contains a password."""
+        scheme, _, rest = self.uri.partition(":")
+        if "@" in rest:
+            rest = "//" + rest.rpartition("@")[2]
+        return f"mapping_{self.index}={scheme}:{rest}"
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """What a mapping answers: the upstream target list and whether to verify TLS."""
 
