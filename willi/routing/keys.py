@@ -1,0 +1,43 @@
+"""The keys one recipient is looked up under, in the order SPEC §3 gives.
+
+Every mapping is asked with the same list, most specific first: the full
+address, the address without its extension (Postfix's recipient_delimiter),
+the domain, then `.domain` and each parent (a leading dot matches every
+subdomain). Keys are lower-cased so mapping tables can be written in one case.
+"""
+
+from __future__ import annotations
+
+from willi.smtp.address import Address
+
+
+def lookup_keys(address: Address, delimiter: str) -> list[str]:
+    """Keys for `address`, most specific first, lower-cased, without duplicates."""
+    keys = [str(address).lower()]
+    if not address.domain:
+        return keys
+    domain = address.domain.lower()
+    base = _without_extension(address.local, delimiter)
+    if base is not None:
+        keys.append(f"{base}@{domain}".lower())
+    keys.append(domain)
+    if not domain.startswith("["):
+        # An address literal has no parents; a host name has one per label.
+        labels = domain.split(".")
+        keys.extend("." + ".".join(labels[i:]) for i in range(len(labels)))
+    return list(dict.fromkeys(keys))
+
+
+def _without_extension(local: str, delimiter: str) -> str | None:
+    """The local part cut at the first delimiter character, None if unchanged.
+
+    Like Postfix's split_addr(): each character of `delimiter` is a delimiter,
+    and nothing is cut when that would leave an empty local part. A quoted
+    local part is left alone: cutting inside the quotes would unbalance them.
+    """
+    if not delimiter or local.startswith('"'):
+        return None
+    cut = min((i for i in (local.find(ch) for ch in delimiter) if i >= 0), default=-1)
+    if cut <= 0:
+        return None
+    return local[:cut]
