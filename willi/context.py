@@ -1,0 +1,73 @@
+"""What every session of one process shares: services, settings, and the few
+pieces of state that outlive a session (the session counter, the current TLS
+server context, the draining flag). Built once by `cli.main()` and passed to
+each session; there is no module-level state anywhere in Willi.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import ssl
+from typing import Any, Callable
+
+from willi import replies, tls
+from willi.config import Config
+from willi.log import Logger
+from willi.reactor import Reactor
+from willi.routing.router import Router
+from willi.smtp.server import ServerSettings
+from willi.upstream_link import Dialer
+from willi.workers import WorkerPool
+
+
+class Context:
+    """Shared by all sessions of one reactor."""
+
+    def __init__(self, config: Config, reactor: Reactor, workers: WorkerPool, router: Router,
+                 dialer: Dialer, logger: Logger) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.workers = workers
+        self.router = router
+        self.dialer = dialer
+        self.logger = logger
+        self.server_settings = ServerSettings(
+            hostname=config.hostname, max_message_size=config.max_message_size,
+            max_recipients=config.max_recipients, max_errors=config.max_errors,
+            starttls=config.tls_cert is not None)
+        self.ehlo_plain = replies.ehlo(config.hostname, self.server_settings.capabilities(False))
+        self.ehlo_tls = replies.ehlo(config.hostname, self.server_settings.capabilities(True))
+        self.client_timeout = config.client_timeout
+        self.command_timeout = config.upstream_command_timeout
+        self.data_timeout = config.upstream_data_timeout
+        self.lookup_timeout = config.lookup_timeout
+        self.tls_handshake_timeout = config.tls_handshake_timeout
+        self.split_recipients = config.split_recipients
+        self.strict_body = config.bare_lf == "reject"
+        self.draining = False
+        self.on_session_closed: Callable[[Any], None] = lambda session: None
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}."
+        self._server_tls: ssl.SSLContext | None = None
+        if config.tls_cert and config.tls_key:
+            self._server_tls = tls.server_context(config.tls_cert, config.tls_key)
+
+    def next_session_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):x}"
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        return self._server_tls
+
+    def reload_tls(self) -> None:
+        """SIGHUP: new sessions get the new pair; running ones keep theirs.
+        A pair that no longer loads leaves the old one in force (TLSError)."""
+        config = self.config
+        if config.tls_cert and config.tls_key:
+            self._server_tls = tls.server_context(config.tls_cert, config.tls_key)
+
+    def session_closed(self, session: Any) -> None:
+        self.on_session_closed(session)
+
+    def log_transaction(self, **fields: Any) -> None:
+        self.logger.info("transaction", **fields)

@@ -1,0 +1,207 @@
+"""The reactor: one selector, timers, and a wake-up socketpair.
+
+Everything Willi does happens on this one thread. Worker threads and signal
+handlers never touch sessions; they hand a callback to `call_soon_threadsafe`
+(or the signal machinery), which queues it and writes one byte to the wake-up
+socketpair so a blocked `select()` returns (the self-pipe trick of CPython's
+selector event loop). Timers are a heap with lazy cancellation: cancelling
+only flags the entry, so re-arming an idle timeout costs no heap surgery.
+
+The receive buffer is owned by the reactor and shared by every connection:
+data is handed to its consumer as a memoryview that is valid only until the
+callback returns, so an idle session holds no buffer of its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import selectors
+import signal
+import socket
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+RECV_BUFFER_SIZE = 256 * 1024
+TLS_PLAIN_BUFFER_SIZE = 64 * 1024
+
+READ = selectors.EVENT_READ
+WRITE = selectors.EVENT_WRITE
+
+
+class Handler(Protocol):
+    """What a registered file object's owner implements."""
+
+    def on_readable(self) -> None: ...
+
+    def on_writable(self) -> None: ...
+
+
+class Timer:
+    """A scheduled call; `cancel()` is O(1) and idempotent."""
+
+    __slots__ = ("when", "callback", "args", "cancelled")
+
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+        self.when = when
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.callback = _noop
+        self.args = ()
+
+    def __lt__(self, other: "Timer") -> bool:
+        return self.when < other.when
+
+
+def _noop(*_args: Any) -> None:
+    return None
+
+
+class Reactor:
+    """Selector loop with timers, thread-safe callbacks and signal delivery."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+        self._timers: list[Timer] = []
+        self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._threadsafe: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._signals: dict[int, Callable[[], None]] = {}
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, READ, self)
+        self._running = False
+        self.recv_buffer = bytearray(RECV_BUFFER_SIZE)
+        self.recv_view = memoryview(self.recv_buffer)
+        # Decrypted plaintext lands here while recv_buffer still holds the
+        # ciphertext it came from.
+        self.tls_view = memoryview(bytearray(TLS_PLAIN_BUFFER_SIZE))
+        self.time = time.monotonic
+
+    # --- registration -------------------------------------------------------
+    def register(self, fileobj: Any, events: int, handler: Handler) -> None:
+        self._selector.register(fileobj, events, handler)
+
+    def modify(self, fileobj: Any, events: int, handler: Handler) -> None:
+        self._selector.modify(fileobj, events, handler)
+
+    def unregister(self, fileobj: Any) -> None:
+        try:
+            self._selector.unregister(fileobj)
+        except (KeyError, ValueError):
+            pass
+
+    # --- scheduling ---------------------------------------------------------
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
+        self._ready.append((callback, args))
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
+        timer = Timer(self.time() + delay, callback, args)
+        heapq.heappush(self._timers, timer)
+        return timer
+
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
+        """From any thread: run callback on the reactor thread soon."""
+        self._threadsafe.append((callback, args))  # deque.append is atomic
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # the pipe is full: the reactor is awake anyway
+        except OSError:
+            pass  # closed during shutdown
+
+    # --- signals ------------------------------------------------------------
+    def add_signal_handler(self, signum: int, callback: Callable[[], None]) -> None:
+        """Run callback on the reactor thread when signum arrives.
+
+        The Python-level handler only records the signal; `set_wakeup_fd`
+        makes the C handler write to our socketpair, so select() returns even
+        though PEP 475 would otherwise retry it.
+        """
+        self._signals[signum] = callback
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        callback = self._signals.get(signum)
+        if callback is not None:
+            self._threadsafe.append((callback, ()))
+
+    # --- the loop -----------------------------------------------------------
+    def on_readable(self) -> None:
+        """The wake-up socket: drain it; queued callbacks run in `_run_ready`."""
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def on_writable(self) -> None:  # pragma: no cover - never registered for write
+        return None
+
+    def stop(self) -> None:
+        self._running = False
+
+    def run(self) -> None:
+        self._running = True
+        select = self._selector.select
+        while self._running:
+            events = select(self._timeout())
+            for key, mask in events:
+                handler = key.data
+                if mask & READ:
+                    handler.on_readable()
+                if mask & WRITE and key.fileobj.fileno() != -1:
+                    handler.on_writable()
+            self._run_timers()
+            self._run_ready()
+
+    def _timeout(self) -> float | None:
+        if self._ready or self._threadsafe:
+            return 0
+        timers = self._timers
+        while timers and timers[0].cancelled:
+            heapq.heappop(timers)
+        if not timers:
+            return None
+        return max(0.0, timers[0].when - self.time())
+
+    def _run_timers(self) -> None:
+        timers = self._timers
+        if not timers:
+            return
+        now = self.time()
+        while timers and timers[0].when <= now:
+            timer = heapq.heappop(timers)
+            if not timer.cancelled:
+                self._ready.append((timer.callback, timer.args))
+
+    def _run_ready(self) -> None:
+        threadsafe = self._threadsafe
+        while threadsafe:
+            self._ready.append(threadsafe.popleft())
+        ready = self._ready
+        # Only what is queued now: callbacks that queue more run next turn.
+        for _ in range(len(ready)):
+            callback, args = ready.popleft()
+            callback(*args)
+
+    def close(self) -> None:
+        if signal.getsignal(signal.SIGINT) is not None and self._signals:
+            try:
+                signal.set_wakeup_fd(-1)
+            except ValueError:
+                pass  # not the main thread
+        self._selector.unregister(self._wake_r)
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()

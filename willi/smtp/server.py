@@ -1,0 +1,387 @@
+"""The client-facing SMTP state machine (RFC 5321 §4.1, RFC 2920, RFC 3207).
+
+Sans-IO: bytes in (`feed`), events out (`next_event`), reply bytes out
+(`take_output`). Everything Willi can answer by itself is answered here;
+what needs the router or an upstream comes out as an event, and the
+protocol then waits: `next_event` returns None until the session answers
+(`answer`, `body_done`, `tls_started`). Commands the client pipelined stay in
+the line buffer meanwhile, so replies always leave in command order.
+
+After `answer(..., accepted=True)` for a Data event the protocol is in the
+BODY phase: the session streams the body itself and hands the bytes after the
+end of data back through `feed` once the message is done.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from willi import replies
+from willi.smtp.address import Address, AddressError, parse_params, parse_path_argument
+from willi.smtp.lines import LineBuffer, LineEvent
+
+
+class Phase(enum.Enum):
+    COMMAND = "command"  # reading commands
+    WAITING = "waiting"  # an event awaits the session's answer
+    BODY = "body"  # the session streams a message body
+    CLOSED = "closed"  # QUIT or an error limit: nothing more is read
+
+
+# --- events ------------------------------------------------------------------
+class Event:
+    __slots__ = ()
+
+
+class Rcpt(Event):
+    """RCPT TO: route it; answer with the reply and whether it was accepted."""
+
+    __slots__ = ("address",)
+
+    def __init__(self, address: Address) -> None:
+        self.address = address
+
+
+class Data(Event):
+    """DATA with at least one accepted recipient: answer with the upstream's
+    reply; accepted=True (a 354) starts the BODY phase."""
+
+    __slots__ = ()
+
+
+class Reset(Event):
+    """The client dropped its transaction (RSET, EHLO, HELO): reset upstream."""
+
+    __slots__ = ()
+
+
+class Quit(Event):
+    """221 is queued: flush it and close both sides."""
+
+    __slots__ = ()
+
+
+class Close(Event):
+    """A 421 is queued (error limit): flush it and close both sides."""
+
+    __slots__ = ()
+
+
+class StartTLS(Event):
+    """220 is queued: flush it, then handshake; call tls_started() after."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """What the protocol needs to know of the configuration."""
+
+    hostname: str
+    max_message_size: int = 20 * 1024 * 1024
+    max_recipients: int = 100
+    max_errors: int = 10
+    starttls: bool = False  # a certificate is configured
+    line_limit: int = 4096
+
+    def capabilities(self, tls_active: bool) -> list[str]:
+        caps = ["PIPELINING", f"SIZE {self.max_message_size}", "8BITMIME", "SMTPUTF8",
+                "ENHANCEDSTATUSCODES"]
+        if self.starttls and not tls_active:
+            caps.append("STARTTLS")
+        return caps
+
+
+_MAIL_BODY_VALUES = ("7BIT", "8BITMIME")
+
+
+class ServerProtocol:
+    """One client session's command phase."""
+
+    __slots__ = (
+        "settings", "phase", "_lines", "_out", "_pending", "helo", "esmtp",
+        "tls_active", "mail", "mail_params", "accepted", "errors",
+        "_ehlo_plain", "_ehlo_tls",
+    )
+
+    def __init__(self, settings: ServerSettings, ehlo_plain: bytes | None = None,
+                 ehlo_tls: bytes | None = None) -> None:
+        self.settings = settings
+        self.phase = Phase.COMMAND
+        self._lines = LineBuffer(settings.line_limit)
+        self._out = bytearray()
+        self._pending: Event | None = None
+        self.helo: str | None = None
+        self.esmtp = False
+        self.tls_active = False
+        self.mail: Address | None = None
+        self.mail_params: dict[str, str | None] = {}
+        self.accepted = 0
+        self.errors = 0
+        # Pre-rendered once per configuration, shared by every session.
+        self._ehlo_plain = ehlo_plain or replies.ehlo(settings.hostname, settings.capabilities(False))
+        self._ehlo_tls = ehlo_tls or replies.ehlo(settings.hostname, settings.capabilities(True))
+
+    # --- I/O surface ----------------------------------------------------------
+    def greet(self) -> None:
+        self._out += replies.greeting(self.settings.hostname)
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self.phase is not Phase.CLOSED:
+            self._lines.feed(data)
+
+    @property
+    def buffered(self) -> int:
+        """Unprocessed input: the session stops reading above a limit."""
+        return len(self._lines)
+
+    def take_output(self) -> bytes:
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._out)
+
+    def reply(self, data: bytes) -> None:
+        """Queue a reply the session produced outside any event (421 on shutdown)."""
+        self._out += data
+
+    def next_event(self) -> Event | None:
+        while self.phase is Phase.COMMAND:
+            line = self._lines.next_line()
+            if line is None:
+                return None
+            if line is LineEvent.TOO_LONG:
+                event = self._error(replies.LINE_TOO_LONG)
+            elif line is LineEvent.BARE_LF:
+                event = self._error(replies.BARE_LF_COMMAND)
+            else:
+                event = self._command(line)  # type: ignore[arg-type]
+            if event is not None:
+                return event
+        return None
+
+    # --- answers from the session ---------------------------------------------
+    def answer(self, reply: bytes, accepted: bool) -> None:
+        """Finish the pending Rcpt or Data event with the reply to relay."""
+        event, self._pending = self._pending, None
+        self._out += reply
+        if isinstance(event, Rcpt):
+            self.accepted += accepted
+            self.phase = Phase.COMMAND
+        elif isinstance(event, Data):
+            self.phase = Phase.BODY if accepted else Phase.COMMAND
+        else:
+            raise RuntimeError(f"answer() without a pending event: {event!r}")
+
+    def take_body_start(self) -> bytes:
+        """Bytes the client sent after DATA, before our 354: the body's start."""
+        return self._lines.take()
+
+    def body_done(self, reply: bytes) -> None:
+        """The message is finished (relayed, refused or lost): back to commands."""
+        self._out += reply
+        self._reset_transaction()
+        self.phase = Phase.COMMAND
+
+    def tls_started(self) -> None:
+        """RFC 3207 §4.2: after the handshake the session starts over."""
+        self.tls_active = True
+        self.helo = None
+        self.esmtp = False
+        self._reset_transaction()
+        self._pending = None
+        self.phase = Phase.COMMAND
+
+    def close(self) -> None:
+        self.phase = Phase.CLOSED
+        self._lines.clear()
+
+    # --- commands ---------------------------------------------------------------
+    def _command(self, line: bytes) -> Event | None:
+        space = line.find(b" ")
+        verb = (line if space < 0 else line[:space]).upper()
+        arg = b"" if space < 0 else line[space + 1 :]
+        handler = _HANDLERS.get(verb)
+        if handler is None:
+            return self._error(replies.UNRECOGNIZED)
+        return handler(self, arg)
+
+    def _ehlo(self, arg: bytes) -> Event | None:
+        return self._hello(arg, esmtp=True)
+
+    def _helo(self, arg: bytes) -> Event | None:
+        return self._hello(arg, esmtp=False)
+
+    def _hello(self, arg: bytes, esmtp: bool) -> Event | None:
+        name = arg.strip()
+        if not name or b" " in name:
+            return self._error(replies.SYNTAX_HELO)
+        self.helo = name.decode("utf-8", "replace")
+        self.esmtp = esmtp
+        if esmtp:
+            self._out += self._ehlo_tls if self.tls_active else self._ehlo_plain
+        else:
+            self._out += replies.helo(self.settings.hostname)
+        return self._drop_transaction()
+
+    def _mail(self, arg: bytes) -> Event | None:
+        if self.helo is None:
+            return self._error(replies.NEED_HELO)
+        if self.mail is not None:
+            return self._error(replies.NESTED_MAIL)
+        if arg[:5].upper() != b"FROM:":
+            return self._error(replies.SYNTAX_MAIL)
+        try:
+            address, raw = parse_path_argument(arg[5:].decode("utf-8", "surrogateescape"))
+            params = parse_params(raw)
+        except AddressError as exc:
+            return self._error(exc.reply)
+        problem = self._check_mail_params(params)
+        if problem is not None:
+            return self._error(problem)
+        self.mail = address
+        self.mail_params = params
+        self.accepted = 0
+        self._out += replies.SENDER_OK
+        return None
+
+    def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
+        for key, value in params.items():
+            if key == "SIZE":
+                if value is None or not value.isdigit() or len(value) > 20:
+                    return replies.SYNTAX_SIZE
+                if int(value) > self.settings.max_message_size:
+                    return replies.MESSAGE_TOO_BIG
+            elif key == "BODY":
+                if value is None or value.upper() not in _MAIL_BODY_VALUES:
+                    return replies.SYNTAX_PARAMETER
+            elif key == "SMTPUTF8":
+                if value is not None:
+                    return replies.SYNTAX_PARAMETER
+            else:
+                return replies.UNKNOWN_PARAMETER
+        return None
+
+    def _rcpt(self, arg: bytes) -> Event | None:
+        if self.mail is None:
+            return self._error(replies.NEED_MAIL)
+        if arg[:3].upper() != b"TO:":
+            return self._error(replies.SYNTAX_RCPT)
+        try:
+            address, raw = parse_path_argument(arg[3:].decode("utf-8", "surrogateescape"))
+        except AddressError as exc:
+            return self._error(exc.reply)
+        if raw:
+            return self._error(replies.UNKNOWN_PARAMETER)
+        if address.is_null or (not address.domain and address.local.lower() != "postmaster"):
+            return self._error(replies.SYNTAX_ADDRESS)
+        if self.accepted >= self.settings.max_recipients:
+            self._out += replies.TOO_MANY_RECIPIENTS
+            return None
+        return self._wait(Rcpt(address))
+
+    def _data(self, arg: bytes) -> Event | None:
+        if arg.strip():
+            return self._error(replies.SYNTAX_NO_ARGS)
+        if self.mail is None:
+            return self._error(replies.NEED_MAIL)
+        if not self.accepted:
+            return self._error(replies.NO_VALID_RECIPIENTS)
+        return self._wait(Data())
+
+    def _rset(self, arg: bytes) -> Event | None:
+        if arg.strip():
+            return self._error(replies.SYNTAX_NO_ARGS)
+        self._out += replies.RESET_OK
+        return self._drop_transaction()
+
+    def _noop(self, arg: bytes) -> Event | None:
+        self._out += replies.OK
+        return None
+
+    def _help(self, arg: bytes) -> Event | None:
+        self._out += replies.HELP
+        return None
+
+    def _vrfy(self, arg: bytes) -> Event | None:
+        if not arg.strip():
+            return self._error(replies.SYNTAX_PARAMETER)
+        self._out += replies.CANNOT_VRFY
+        return None
+
+    def _expn(self, arg: bytes) -> Event | None:
+        return self._error(replies.NOT_IMPLEMENTED)
+
+    def _auth(self, arg: bytes) -> Event | None:
+        return self._error(replies.NO_AUTH)
+
+    def _bdat(self, arg: bytes) -> Event | None:
+        # CHUNKING is not advertised, so BDAT is a command we do not implement.
+        return self._error(replies.NOT_IMPLEMENTED)
+
+    def _quit(self, arg: bytes) -> Event | None:
+        self._out += replies.CLOSING
+        self.close()
+        return Quit()
+
+    def _starttls(self, arg: bytes) -> Event | None:
+        if not self.settings.starttls:
+            return self._error(replies.NOT_IMPLEMENTED)
+        if arg.strip():
+            return self._error(replies.SYNTAX_NO_ARGS)
+        if self.tls_active:
+            return self._error(replies.TLS_ALREADY_ACTIVE)
+        if self.helo is None:
+            return self._error(replies.NEED_HELO)
+        self._out += replies.READY_FOR_TLS
+        # Whatever the client pipelined after STARTTLS is plaintext that must
+        # never be read as a command (CVE-2011-0411).
+        self._lines.clear()
+        return self._wait(StartTLS())
+
+    # --- helpers ---------------------------------------------------------------
+    def _wait(self, event: Event) -> Event:
+        self._pending = event
+        self.phase = Phase.WAITING
+        return event
+
+    def _drop_transaction(self) -> Event | None:
+        had = self.mail is not None
+        self._reset_transaction()
+        return Reset() if had else None
+
+    def _reset_transaction(self) -> None:
+        self.mail = None
+        self.mail_params = {}
+        self.accepted = 0
+
+    def _error(self, reply: bytes) -> Event | None:
+        self.errors += 1
+        self._out += reply
+        if self.errors >= self.settings.max_errors:
+            self._out += replies.TOO_MANY_ERRORS
+            self.close()
+            return Close()
+        return None
+
+
+_HANDLERS = {
+    b"EHLO": ServerProtocol._ehlo,
+    b"HELO": ServerProtocol._helo,
+    b"MAIL": ServerProtocol._mail,
+    b"RCPT": ServerProtocol._rcpt,
+    b"DATA": ServerProtocol._data,
+    b"RSET": ServerProtocol._rset,
+    b"NOOP": ServerProtocol._noop,
+    b"HELP": ServerProtocol._help,
+    b"VRFY": ServerProtocol._vrfy,
+    b"EXPN": ServerProtocol._expn,
+    b"AUTH": ServerProtocol._auth,
+    b"BDAT": ServerProtocol._bdat,
+    b"QUIT": ServerProtocol._quit,
+    b"STARTTLS": ServerProtocol._starttls,
+}

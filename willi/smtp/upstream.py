@@ -1,0 +1,201 @@
+"""The upstream-facing dialogue, sans-IO (SPEC §4).
+
+`handshake()` is a generator that says what to do next and is sent what
+happened: it yields bytes to send (and is sent the upstream's Reply), EXPECT
+to wait for a reply without sending (the greeting), START_TLS to run the TLS
+handshake (sent None once it is done), or NEED_NAME for the client's reverse
+DNS name (sent the name). It returns the upstream's final capabilities, or
+raises UpstreamError when this target cannot be used. The session runs it
+over a real connection; tests run it over a list of replies.
+
+Order after the greeting (SPEC §4): EHLO (LHLO for LMTP; HELO when EHLO is
+refused), STARTTLS per policy then EHLO again, XCLIENT per policy then EHLO
+again. Command builders for the transaction (MAIL, RCPT, XCLIENT) are here too.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Generator
+
+from willi.errors import UpstreamError
+from willi.smtp import xtext
+from willi.smtp.address import Address
+from willi.smtp.reply import Reply
+
+
+class _Action:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+EXPECT = _Action("EXPECT")
+START_TLS = _Action("START_TLS")
+NEED_NAME = _Action("NEED_NAME")
+
+Step = "bytes | _Action"
+Dialogue = Generator["bytes | _Action", "Reply | str | None", "Greeted"]
+
+MAX_COMMAND = 512  # RFC 5321 §4.5.3.1.4, the CRLF included
+MAX_XCLIENT_VALUE = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """The real client, as XCLIENT passes it on."""
+
+    addr: str
+    port: int
+    helo: str | None = None
+    esmtp: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeSettings:
+    hostname: str
+    lmtp: bool = False
+    starttls: str = "if-client"  # if-client | opportunistic | required | off
+    client_tls: bool = False  # the client itself used STARTTLS
+    tls_active: bool = False  # implicit TLS (smtps://): already encrypted
+    xclient: str = "auto"  # auto | required | off
+
+
+@dataclass(slots=True)
+class Greeted:
+    """What the handshake established."""
+
+    capabilities: dict[str, str] = field(default_factory=dict)
+    tls: bool = False
+    xclient: bool = False
+
+
+def capabilities(reply: Reply) -> dict[str, str]:
+    """EHLO keywords (upper-cased) and their parameters; the first line is the name."""
+    caps: dict[str, str] = {}
+    for line in reply.lines[1:]:
+        keyword, _, params = line[4:].decode("ascii", "replace").strip().partition(" ")
+        if keyword:
+            caps[keyword.upper()] = params.strip()
+    return caps
+
+
+def handshake(settings: HandshakeSettings, client: ClientInfo) -> Dialogue:
+    greeting = yield EXPECT
+    if greeting.code != 220:  # type: ignore[union-attr]
+        raise UpstreamError(f"greeting {greeting.code}: {greeting.text}")  # type: ignore[union-attr]
+    caps = yield from _hello(settings)
+    greeted = Greeted(caps, tls=settings.tls_active)
+    if not greeted.tls and _wants_starttls(settings, caps):
+        reply = yield b"STARTTLS\r\n"
+        if reply.code == 220:  # type: ignore[union-attr]
+            yield START_TLS
+            greeted.tls = True
+            caps = yield from _hello(settings)
+        elif settings.starttls == "required":
+            raise UpstreamError(f"STARTTLS refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
+    elif settings.starttls == "required" and not greeted.tls:
+        raise UpstreamError("STARTTLS required but not offered")
+    if settings.xclient != "off" and "XCLIENT" in caps:
+        offered = set(caps["XCLIENT"].upper().split())
+        name = (yield NEED_NAME) if "NAME" in offered else None
+        for command in xclient_commands(offered, client, name):  # type: ignore[arg-type]
+            reply = yield command
+            if not reply.positive:  # type: ignore[union-attr]
+                raise UpstreamError(f"XCLIENT refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
+        greeted.xclient = True
+        caps = yield from _hello(settings)
+    elif settings.xclient == "required":
+        raise UpstreamError("XCLIENT required but not offered")
+    greeted.capabilities = caps
+    return greeted
+
+
+def _wants_starttls(settings: HandshakeSettings, caps: dict[str, str]) -> bool:
+    if "STARTTLS" not in caps or settings.starttls == "off":
+        return False
+    return settings.starttls != "if-client" or settings.client_tls
+
+
+def _hello(settings: HandshakeSettings) -> Generator[bytes, Reply, dict[str, str]]:
+    host = settings.hostname.encode("ascii", "replace")
+    verb = b"LHLO" if settings.lmtp else b"EHLO"
+    reply = yield b"%s %s\r\n" % (verb, host)
+    if reply.positive:
+        return capabilities(reply)
+    if settings.lmtp or reply.code < 500:
+        raise UpstreamError(f"{verb.decode()} refused: {reply.code} {reply.text}")
+    reply = yield b"HELO %s\r\n" % host
+    if not reply.positive:
+        raise UpstreamError(f"HELO refused: {reply.code} {reply.text}")
+    return {}
+
+
+# --- command builders ----------------------------------------------------------
+def xclient_commands(offered: set[str], client: ClientInfo, name: str | None) -> list[bytes]:
+    """XCLIENT lines carrying the attributes the upstream offered, each value
+    xtext-encoded and at most 255 octets, each line at most 512 octets."""
+    values: list[tuple[str, str]] = []
+    ip = ipaddress.ip_address(client.addr)
+    if "ADDR" in offered:
+        values.append(("ADDR", f"IPV6:{ip.compressed}" if ip.version == 6 else str(ip)))
+    if "PORT" in offered:
+        values.append(("PORT", str(client.port)))
+    if "NAME" in offered:
+        values.append(("NAME", name or "[UNAVAILABLE]"))
+    if "HELO" in offered:
+        values.append(("HELO", client.helo or "[UNAVAILABLE]"))
+    if "PROTO" in offered:
+        values.append(("PROTO", "ESMTP" if client.esmtp else "SMTP"))
+    attributes = [b"%s=%s" % (key.encode(), _xtext_value(value)) for key, value in values]
+    return _pack(b"XCLIENT", attributes)
+
+
+def _xtext_value(value: str) -> bytes:
+    raw = value.encode("utf-8", "replace")
+    encoded = xtext.encode(raw)
+    while len(encoded) > MAX_XCLIENT_VALUE:
+        raw = raw[:-1]
+        encoded = xtext.encode(raw)
+    return encoded
+
+
+def _pack(verb: bytes, attributes: list[bytes]) -> list[bytes]:
+    lines: list[bytes] = []
+    current = verb
+    for attribute in attributes:
+        if len(current) + 1 + len(attribute) + 2 > MAX_COMMAND and current != verb:
+            lines.append(current + b"\r\n")
+            current = verb
+        current += b" " + attribute
+    if current != verb:
+        lines.append(current + b"\r\n")
+    return lines
+
+
+class NeedsSMTPUTF8(UpstreamError):
+    """The message needs SMTPUTF8 and the upstream does not offer it."""
+
+
+def mail_command(sender: Address, params: dict[str, str | None], caps: dict[str, str]) -> bytes:
+    """MAIL FROM with the client's parameters that the upstream supports."""
+    out = [b"MAIL FROM:<%s>" % str(sender).encode("utf-8", "surrogateescape")]
+    for key, value in params.items():
+        if key == "SIZE" and "SIZE" in caps:
+            out.append(b"SIZE=%s" % value.encode())  # type: ignore[union-attr]
+        elif key == "BODY" and "8BITMIME" in caps:
+            out.append(b"BODY=%s" % value.upper().encode())  # type: ignore[union-attr]
+        elif key == "SMTPUTF8":
+            if "SMTPUTF8" not in caps:
+                raise NeedsSMTPUTF8("upstream does not offer SMTPUTF8")
+            out.append(b"SMTPUTF8")
+    return b" ".join(out) + b"\r\n"
+
+
+def rcpt_command(recipient: Address) -> bytes:
+    return b"RCPT TO:<%s>\r\n" % str(recipient).encode("utf-8", "surrogateescape")
