@@ -256,9 +256,7 @@ def test_the_example_file_loads_and_documents_every_default() -> None:
     example = (REPO / "willi.env.example").read_text()
     config = load_config(str(REPO / "willi.env.example"), {})
     assert config.listen == (("127.0.0.1", 2525),) and config.hostname == "willi.localhost"
-    assert [spec.uri for spec in config.mappings] == [
-        "csv:examples/upstreams.csv", "static:127.0.0.1:2526",
-    ]  # fmt: skip
+    assert [spec.uri for spec in config.mappings] == ["csv:examples/upstreams.csv"]
     documented = dict(re.findall(r"^#?(WILLI_[A-Z_]+)=(.*)$", example, re.MULTILINE))
     parsers = {key.name: key.parse for key in KEYS}
     for key, default in defaults().items():

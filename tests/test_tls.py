@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.certs import Pki, pki  # noqa: F401  (until tests/conftest.py provides it)
+from tests.support.certs import Pki
 from willi.errors import TLSError
 from willi.tls import TLSEngine, client_context, server_context
 

@@ -61,9 +61,18 @@ def greeting(hostname: str) -> bytes:
     return b"220 %s ESMTP\r\n" % hostname.encode("ascii", "replace")
 
 
+MAX_REPLY_LINE = 512  # RFC 5321 §4.5.3.1.5, the CRLF included
+
+
 def relay_denied(address: str) -> bytes:
-    """Postfix's wording, so operators' log greps keep working."""
-    return b"554 5.7.1 <%s>: Relay access denied\r\n" % address.encode("utf-8", "replace")
+    """Postfix's wording, so operators' log greps keep working. A command line
+    may be 4096 octets, a reply line only 512: a long address is cut short."""
+    template = b"554 5.7.1 <%s>: Relay access denied\r\n"
+    room = MAX_REPLY_LINE - (len(template) - 2)
+    raw = address.encode("utf-8", "replace")
+    if len(raw) > room:
+        raw = raw[:room].decode("utf-8", "ignore").encode("utf-8")  # no half character
+    return template % raw
 
 
 def ehlo(hostname: str, capabilities: list[str]) -> bytes:

@@ -1,7 +1,8 @@
 """A bounded CRLF line buffer for the command phase.
 
 Memory stays bounded whatever the client sends: a line longer than the limit
-is reported once as TOO_LONG and the rest of it is skipped up to its LF, never
+(in octets, its CRLF included, as RFC 5321 §4.5.3.1.4 counts) is reported once
+as TOO_LONG and the rest of it is skipped up to its LF, never
 stored. The buffer remembers how far it has searched, so a line that arrives
 a byte at a time is not rescanned from the start (h11's receive buffer).
 A line ending in a bare LF is reported as BARE_LF: it never becomes a command.
@@ -51,7 +52,8 @@ class LineBuffer:
         buf = self._buf
         end = buf.find(b"\n", self._scanned)
         if end < 0:
-            if len(buf) > self.limit:
+            # Its LF still to come, a line of this many octets is over the limit.
+            if len(buf) >= self.limit:
                 # Keep only what tells whether the skipped line ends in CRLF.
                 del buf[:-1]
                 self._scanned = 0
@@ -66,7 +68,7 @@ class LineBuffer:
             del buf[: end + 1]
             self._skipping = False
             return self.next_line()
-        if end > self.limit:
+        if end >= self.limit:  # end + 1 octets with the LF
             del buf[: end + 1]
             return LineEvent.TOO_LONG
         if end == 0 or buf[end - 1] != 13:

@@ -50,8 +50,11 @@ class ReplyReader:
         self._lines: list[bytes] = []
 
     def feed(self, data: bytes | memoryview) -> None:
-        self._buf += data
-        if len(self._buf) > MAX_LINE and self._buf.find(b"\n") < 0:
+        buf = self._buf
+        buf += data
+        # Only the unfinished last line can still grow; complete lines are
+        # measured by next_reply, so the limit holds however the bytes arrive.
+        if len(buf) > MAX_LINE and len(buf) - buf.rfind(b"\n") - 1 > MAX_LINE:
             raise ReplyError("upstream reply line too long")
 
     def clear(self) -> None:
@@ -69,6 +72,8 @@ class ReplyReader:
             end = buf.find(b"\n")
             if end < 0:
                 return None
+            if end > MAX_LINE:
+                raise ReplyError("upstream reply line too long")
             line = bytes(buf[:end]).rstrip(b"\r")
             del buf[: end + 1]
             code, last = self._check(line)

@@ -190,6 +190,9 @@ class ServerProtocol:
     def tls_started(self) -> None:
         """RFC 3207 §4.2: after the handshake the session starts over."""
         self.tls_active = True
+        # Plaintext that arrived after STARTTLS but before the handshake is
+        # never a command either (RFC 3207 §4.2, CVE-2011-0411).
+        self._lines.clear()
         self.helo = None
         self.esmtp = False
         self._reset_transaction()
@@ -252,7 +255,8 @@ class ServerProtocol:
     def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
         for key, value in params.items():
             if key == "SIZE":
-                if value is None or not value.isdigit() or len(value) > 20:
+                # ASCII digits only: str.isdigit() also takes "²" and "١".
+                if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                     return replies.SYNTAX_SIZE
                 if int(value) > self.settings.max_message_size:
                     return replies.MESSAGE_TOO_BIG

@@ -19,6 +19,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Generator
 
+from willi import replies
 from willi.errors import UpstreamError
 from willi.smtp import xtext
 from willi.smtp.address import Address
@@ -44,6 +45,7 @@ Dialogue = Generator["bytes | _Action", "Reply | str | None", "Greeted"]
 
 MAX_COMMAND = 512  # RFC 5321 §4.5.3.1.4, the CRLF included
 MAX_XCLIENT_VALUE = 255
+XCLIENT_ATTRIBUTES = frozenset({"ADDR", "PORT", "NAME", "HELO", "PROTO"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,8 +103,8 @@ def handshake(settings: HandshakeSettings, client: ClientInfo) -> Dialogue:
             raise UpstreamError(f"STARTTLS refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
     elif settings.starttls == "required" and not greeted.tls:
         raise UpstreamError("STARTTLS required but not offered")
-    if settings.xclient != "off" and "XCLIENT" in caps:
-        offered = set(caps["XCLIENT"].upper().split())
+    offered = _xclient_offered(caps) if settings.xclient != "off" else set()
+    if offered:
         name = (yield NEED_NAME) if "NAME" in offered else None
         for command in xclient_commands(offered, client, name):  # type: ignore[arg-type]
             reply = yield command
@@ -114,6 +116,13 @@ def handshake(settings: HandshakeSettings, client: ClientInfo) -> Dialogue:
         raise UpstreamError("XCLIENT required but not offered")
     greeted.capabilities = caps
     return greeted
+
+
+def _xclient_offered(caps: dict[str, str]) -> set[str]:
+    """The attributes Willi can send that the upstream lists after XCLIENT."""
+    if "XCLIENT" not in caps:
+        return set()
+    return set(caps["XCLIENT"].upper().split()) & XCLIENT_ATTRIBUTES
 
 
 def _wants_starttls(settings: HandshakeSettings, caps: dict[str, str]) -> bool:
@@ -140,18 +149,23 @@ def _hello(settings: HandshakeSettings) -> Generator[bytes, Reply, dict[str, str
 def xclient_commands(offered: set[str], client: ClientInfo, name: str | None) -> list[bytes]:
     """XCLIENT lines carrying the attributes the upstream offered, each value
     xtext-encoded and at most 255 octets, each line at most 512 octets."""
+    # NAME and ADDR last: once ADDR is sent the upstream checks its XCLIENT
+    # authorisation against that address, and refuses any further XCLIENT
+    # line (Postfix XCLIENT_README). Packing keeps ADDR in the last line.
     values: list[tuple[str, str]] = []
-    ip = ipaddress.ip_address(client.addr)
-    if "ADDR" in offered:
-        values.append(("ADDR", f"IPV6:{ip.compressed}" if ip.version == 6 else str(ip)))
-    if "PORT" in offered:
-        values.append(("PORT", str(client.port)))
-    if "NAME" in offered:
-        values.append(("NAME", name or "[UNAVAILABLE]"))
     if "HELO" in offered:
         values.append(("HELO", client.helo or "[UNAVAILABLE]"))
     if "PROTO" in offered:
         values.append(("PROTO", "ESMTP" if client.esmtp else "SMTP"))
+    if "NAME" in offered:
+        values.append(("NAME", name or "[UNAVAILABLE]"))
+    if "PORT" in offered:
+        values.append(("PORT", str(client.port)))
+    if "ADDR" in offered:
+        ip = ipaddress.ip_address(client.addr)
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # an IPv4 client on a dual-stack [::] listener
+        values.append(("ADDR", f"IPV6:{ip.compressed}" if ip.version == 6 else str(ip)))
     attributes = [b"%s=%s" % (key.encode(), _xtext_value(value)) for key, value in values]
     return _pack(b"XCLIENT", attributes)
 
@@ -180,6 +194,8 @@ def _pack(verb: bytes, attributes: list[bytes]) -> list[bytes]:
 
 class NeedsSMTPUTF8(UpstreamError):
     """The message needs SMTPUTF8 and the upstream does not offer it."""
+
+    reply = replies.NEED_SMTPUTF8
 
 
 def mail_command(sender: Address, params: dict[str, str | None], caps: dict[str, str]) -> bytes:

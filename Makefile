@@ -1,0 +1,49 @@
+# Two commands for a fresh Debian machine with Python 3.11:
+#   make run    Willi on willi.env.example, in front of a demo upstream
+#   make test   the whole test suite (installs MariaDB, Postfix's smtp-sink, openssl)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test bench dist clean system-venv system-test-deps
+
+run: $(VENV)/.deps
+	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
+	@echo "  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', 2525).sendmail('a@b.example', ['user@example.org'], 'Subject: hi\\r\\n\\r\\nhello\\r\\n')\""
+	@$(PY) examples/demo_upstream.py 2526 & demo=$$!; \
+	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
+	$(PY) willi.py --config willi.env.example
+
+test: $(VENV)/.test-deps system-test-deps
+	$(PY) -m pytest -q
+
+# --- installing what the two commands need ------------------------------------
+system-venv:
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  $(SUDO) apt-get update -q && $(SUDO) $(APT) install python3-venv python3-pip; }
+
+system-test-deps:
+	@missing=""; \
+	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
+	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+	  $(SUDO) $(APT) install $$missing || { $(SUDO) apt-get update -q && $(SUDO) $(APT) install $$missing; }; \
+	fi
+
+$(VENV)/.deps: requirements.txt | system-venv
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.test-deps: requirements.txt requirements-test.txt | system-venv
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $(VENV)/.deps $@
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache .hypothesis
