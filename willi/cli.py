@@ -102,6 +102,66 @@ def _upstream_tls(config: Config, verify: bool) -> Any:
 
 
 def serve(config: Config, logger: Logger) -> int:
+    if config.workers > 1:
+        return _supervise(config, logger)
+    return _serve_one(config, logger)
+
+
+def _supervise(config: Config, logger: Logger) -> int:
+    """WILLI_WORKERS=N: N reactor processes on one SO_REUSEPORT port (SPEC §1).
+
+    The parent only forks, forwards signals and restarts a worker that died
+    on its own; it forks before any thread exists, and each child builds its
+    own reactor, pool and mappings.
+    """
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(signum, signal.SIG_DFL)
+                code = _serve_one(config, logger.bind(worker=index))
+            finally:
+                os._exit(code)
+        children[pid] = index
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = stopping or signum != signal.SIGHUP
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for index in range(config.workers):
+        spawn(index)
+    status = 0
+    while children:
+        pid, raw = os.wait()
+        index = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(raw)
+        if index is None:
+            continue
+        if stopping:
+            status = status or (code if code > 0 else 0)
+        elif code == 1:
+            logger.error("worker_failed", worker=index, code=code)  # could not start: give up
+            forward(signal.SIGTERM, None)
+            status = 1
+        else:
+            logger.error("worker_died", worker=index, code=code)
+            spawn(index)
+    return status
+
+
+def _serve_one(config: Config, logger: Logger) -> int:
     try:
         router = _router(config, logger)
         sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
