@@ -8,7 +8,7 @@ too, because a typo would otherwise silently leave a default in force.
 One table maps each key to its Config field and parser; the dataclass field
 defaults are the table's default column, so code and tests that build a
 Config by hand get the same defaults as an operator who sets nothing.
-Values are never read from os.environ here: the caller passes `environ`.
+Values are never read from the process environment here: the caller passes `environ`.
 """
 
 from __future__ import annotations
