@@ -28,6 +28,16 @@ class MappingError(WilliError):
     reply = replies.LOOKUP_FAILED
 
 
+class StaleMiss(MappingError):
+    """A mapping failed for a key it knew, until lately, to have no match.
+
+    Not the end of the lookup: the Router goes on with the less specific keys
+    of the same mapping, whose stale route may still answer (a table with one
+    row per domain caches the full address as a miss first). If none does,
+    the lookup fails as with any MappingError.
+    """
+
+
 class UpstreamError(WilliError):
     """A target could not be used (refused, timed out, bad greeting, TLS)."""
 

@@ -205,3 +205,38 @@ def test_build_mappings_makes_csv_and_static_mappings_in_order(tmp_path) -> None
 def test_build_mappings_refuses_an_unknown_scheme_by_name() -> None:
     with pytest.raises(MappingError, match="ldap"):
         build_mappings([MappingSpec(1, "ldap://directory.example.org")], ListLogger())
+
+
+class OutageMapping(FakeMapping):
+    """A database that is down: keys it lately knew as misses raise StaleMiss,
+    keys with a stale route still answer, anything else fails."""
+
+    def __init__(self, name: str, stale_misses: set[str], stale_routes: dict[str, Route]) -> None:
+        super().__init__(name)
+        self.stale_misses = stale_misses
+        self.stale_routes = stale_routes
+
+    def get(self, key: str) -> Route | None:
+        from willi.errors import StaleMiss
+
+        self.asked.append(key)
+        if key in self.stale_routes:
+            return self.stale_routes[key]
+        if key in self.stale_misses:
+            raise StaleMiss(f"{self.name} is down")
+        raise MappingError(f"{self.name} is down")
+
+
+def test_during_an_outage_a_stale_domain_route_answers_after_a_stale_address_miss() -> None:
+    outage = OutageMapping("db", {"user@example.org"}, {"example.org": A})
+    later = FakeMapping("later", {"example.org": Route("never")})
+    answer = Router([outage, later], "", "willi.test").resolve(Address("user", "example.org"))
+    assert answer == Answer(A, "db", "example.org") and later.asked == []
+
+
+def test_during_an_outage_stale_misses_alone_still_fail_the_lookup() -> None:
+    keys = {"user@example.org", "example.org", ".example.org", ".org"}
+    later = FakeMapping("later", {"example.org": Route("never")})
+    with pytest.raises(MappingError):
+        Router([OutageMapping("db", keys, {}), later], "", "willi.test").resolve(Address("user", "example.org"))
+    assert later.asked == []

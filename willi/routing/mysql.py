@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pymysql
 
-from willi.errors import MappingError
+from willi.errors import MappingError, StaleMiss
 from willi.routing import NOT_CACHED, MappingSpec, NotCached, Route
 
 DEFAULT_PORT = 3306
@@ -202,6 +202,12 @@ class RouteCache:
         age = now - entry[1]
         return (entry[0], age) if age < self._stale_ttl else None
 
+    def stale_miss(self, key: str, now: float) -> bool:
+        """True for a "no match" answer younger than stale_ttl (see StaleMiss)."""
+        with self._lock:
+            entry = self._entries.get(key)
+        return entry is not None and entry[0] is None and now - entry[1] < self._stale_ttl
+
     def put(self, key: str, answer: Answer, now: float) -> None:
         with self._lock:
             self._entries.pop(key, None)
@@ -305,9 +311,14 @@ class MysqlMapping:
     # -- internals -------------------------------------------------------------
 
     def _stale_or_raise(self, key: str, reason: str) -> Route:
-        stale = self._cache.stale(key, self._clock())
+        now = self._clock()
+        stale = self._cache.stale(key, now)
         if stale is None:
             self._logger.warning("mapping_failed", mapping=self.name, key=key, error=reason)
+            if self._cache.stale_miss(key, now):
+                # Not served as a miss (that would be a 554 for good), but the
+                # Router may still find a stale route under a later key.
+                raise StaleMiss(f"{self.name}: {reason}")
             raise MappingError(f"{self.name}: {reason}")
         route, age = stale
         self._logger.warning(

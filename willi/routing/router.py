@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from willi.errors import MappingError
+from willi.errors import MappingError, StaleMiss
 from willi.routing import NOT_CACHED, Mapping, MappingSpec, NotCached, Route
 from willi.routing.csvmap import CsvMapping
 from willi.routing.keys import lookup_keys
@@ -96,13 +96,25 @@ def _ask(
     lookup: Callable[[str], Route | None | NotCached],
     keys: list[str],
 ) -> Answer | None | NotCached:
-    """All keys against one mapping; stops at the first answer or NOT_CACHED."""
+    """All keys against one mapping; stops at the first answer or NOT_CACHED.
+
+    A key that failed but was a miss until lately (StaleMiss, a database
+    outage) does not end the lookup at once: a less specific key may still
+    have a stale route. Without one, the failure stands.
+    """
+    failure: StaleMiss | None = None
     for key in keys:
-        route = lookup(key)
+        try:
+            route = lookup(key)
+        except StaleMiss as error:
+            failure = failure or error
+            continue
         if isinstance(route, Route):
             return Answer(route, mapping.name, key)
         if route is NOT_CACHED:
             return NOT_CACHED
+    if failure is not None:
+        raise failure
     return None
 
 
