@@ -225,10 +225,20 @@ class Connection:
             self.owner.on_resume_writing(self)
 
     def close_when_flushed(self) -> None:
-        """Close once everything queued has been sent (after 221 or 421)."""
+        """Close once everything queued has been sent (after 221 or 421).
+
+        Over TLS the last thing sent is close_notify (RFC 8446 §6.1): without
+        it the peer cannot tell the end of the session from a truncation, and
+        OpenSSL 3 peers report "unexpected eof while reading".
+        """
         if self.closed:
             return
         self._reading = False
+        if self.tls is not None and self.tls.established:
+            self.tls.close()
+            self._flush_tls()
+            if self.closed:
+                return
         if not self._out:
             self.close()
             return

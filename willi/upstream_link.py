@@ -414,11 +414,7 @@ class DialAttempt:
                 client_tls=self.client_tls, tls_active=target.implicit_tls, xclient=settings.xclient),
             self.client)
         if target.implicit_tls:
-            context = self.dialer.tls_contexts(self.route.tls_verify)
-            if context is None:
-                self._target_failed("TLS is not available")
-                return
-            link.start_tls(context, self._tls_done)
+            self._start_tls()
         else:
             self._step(None)
 
@@ -440,11 +436,7 @@ class DialAttempt:
         elif action is dialogue.EXPECT:
             self._link.expect(self._on_reply, timeout)
         elif action is dialogue.START_TLS:
-            context = self.dialer.tls_contexts(self.route.tls_verify)
-            if context is None:
-                self._target_failed("TLS is not available")
-                return
-            self._link.start_tls(context, self._tls_done)
+            self._start_tls()
         elif action is dialogue.NEED_NAME:
             self.reverse_name(self._step)
 
@@ -454,9 +446,32 @@ class DialAttempt:
         else:
             self._step(outcome)
 
+    def _start_tls(self) -> None:
+        """Handshake on the link, bounded by the command timeout: an upstream
+        that goes quiet inside the handshake fails this target instead of
+        holding the client's RCPT forever (no reply callback is armed then)."""
+        assert self._link is not None
+        context = self.dialer.tls_contexts(self.route.tls_verify)
+        if context is None:
+            self._target_failed("TLS is not available")
+            return
+        self._timer = self.dialer.reactor.call_later(self.dialer.settings.command_timeout, self._tls_timeout)
+        try:
+            self._link.start_tls(context, self._tls_done)
+        except TLSError as exc:
+            self._cancel_timer()
+            self._target_failed(f"TLS: {exc}")
+
+    def _tls_timeout(self) -> None:
+        self._timer = None
+        self._target_failed("TLS: handshake timed out")
+
     def _tls_done(self, exc: BaseException | None) -> None:
         # Implicit TLS: this starts the dialogue (the greeting is next);
         # STARTTLS: this resumes it after its START_TLS step.
+        self._cancel_timer()
+        if self.cancelled:
+            return
         if exc is not None:
             self._target_failed(f"TLS: {exc}")
         else:
