@@ -57,7 +57,7 @@ class Session:
     __slots__ = (
         "ctx", "id", "peer", "client", "proto", "link", "dialing", "token",
         "scanner", "body_failure", "paused", "last_client", "client_timer",
-        "tls_timer", "closed", "started", "name", "name_waiters", "client_tls",
+        "stall_timer", "tls_timer", "closed", "started", "name", "name_waiters", "client_tls",
         "txn_started", "txn_sender", "txn_rcpts", "txn_rejected", "txn_last", "_processing",
     )
 
@@ -75,6 +75,7 @@ class Session:
         self.closed = False
         self.started = self.last_client = ctx.reactor.time()
         self.tls_timer: Timer | None = None
+        self.stall_timer: Timer | None = None
         self.name: str | None = None
         self.name_waiters: list[Callable[[str], None]] = []
         self.client_tls: str | None = None
@@ -245,8 +246,8 @@ class Session:
     def _adopt(self, link: UpstreamLink) -> None:
         self.link = link
         link.on_idle_lost = self._link_lost
-        link.on_pause = lambda: self._pause(PAUSE_UPSTREAM_FULL)
-        link.on_resume = lambda: self._resume(PAUSE_UPSTREAM_FULL)
+        link.on_pause = self._upstream_full
+        link.on_resume = self._upstream_drained
 
     def _send_envelope(self, link: UpstreamLink, address: Address, fresh: bool) -> None:
         """MAIL FROM then RCPT TO, pipelined when the upstream allows it."""
@@ -415,6 +416,7 @@ class Session:
             self.body_failure = replies.UPSTREAM_LOST
 
     def _drop_link(self, abort: bool = False) -> None:
+        self._cancel_stall_timer()
         link, self.link = self.link, None
         if link is None:
             return
@@ -497,12 +499,51 @@ class Session:
             if not self.paused and not self.closed:
                 self.client.resume_reading()
 
+    def _upstream_full(self) -> None:
+        """The upstream is behind: stop reading the client, and give the
+        upstream WILLI_UPSTREAM_DATA_TIMEOUT at a time to take some bytes."""
+        self._pause(PAUSE_UPSTREAM_FULL)
+        self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        self._cancel_stall_timer()
+        if self.link is not None:
+            self.stall_timer = self.ctx.reactor.call_later(
+                self.ctx.data_timeout, self._upstream_stalled, self.link.out_size)
+
+    def _upstream_drained(self) -> None:
+        self._cancel_stall_timer()
+        if self.paused & PAUSE_UPSTREAM_FULL:
+            self.last_client = self.ctx.reactor.time()  # the client was not idle: we did not read it
+        self._resume(PAUSE_UPSTREAM_FULL)
+
+    def _cancel_stall_timer(self) -> None:
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
+
+    def _upstream_stalled(self, out_size: int) -> None:
+        """The upstream took no body bytes for the data timeout: drop it (no
+        final dot), read the rest of the body and answer 451 4.4.2 after the
+        client's end of data. Outside a body, reply timers already apply."""
+        self.stall_timer = None
+        if self.closed or self.scanner is None or not self.paused & PAUSE_UPSTREAM_FULL:
+            return
+        if self.link is not None and self.link.out_size < out_size:
+            self._arm_stall_timer()  # slow, but it is reading
+            return
+        self.ctx.logger.warning("upstream_failed", session=self.id, error="upstream stopped reading the body")
+        if self.body_failure is None:
+            self.body_failure = replies.UPSTREAM_TIMEOUT
+        self._drop_link(abort=True)
+
     def _client_timer_fired(self) -> None:
         if self.closed:
             return
         reactor = self.ctx.reactor
         timeout = self.ctx.client_timeout
-        waiting_on_us = self.proto.phase is smtp.Phase.WAITING or (
+        # While the upstream holds us back we do not read the client: not its idleness.
+        waiting_on_us = self.proto.phase is smtp.Phase.WAITING or bool(self.paused & PAUSE_UPSTREAM_FULL) or (
             self.proto.phase is smtp.Phase.BODY and self.scanner is None)
         idle = reactor.time() - self.last_client
         if waiting_on_us or idle < timeout:
