@@ -30,7 +30,7 @@ from willi.smtp.body import TOO_BIG, DataScanner
 from willi.smtp.reply import Reply
 from willi.smtp.upstream import ClientInfo, NeedsSMTPUTF8, mail_command, rcpt_command
 from willi.tls import TLSEngine
-from willi.upstream_link import UpstreamLink, UpstreamTimeout
+from willi.upstream_link import UpstreamLink, UpstreamProtocolError, UpstreamTimeout
 from willi.workers import PoolFull
 
 if TYPE_CHECKING:
@@ -41,6 +41,16 @@ PAUSE_UPSTREAM_FULL = 1
 PAUSE_CLIENT_FULL = 2
 PAUSE_BACKLOG = 4
 BACKLOG_LIMIT = 64 * 1024
+
+
+def failure_reply(exc: BaseException) -> bytes:
+    """What the client hears when the upstream failed a command: timed out,
+    spoke garbage, or went away."""
+    if isinstance(exc, UpstreamTimeout):
+        return replies.UPSTREAM_TIMEOUT
+    if isinstance(exc, UpstreamProtocolError):
+        return replies.UPSTREAM_PROTOCOL
+    return replies.UPSTREAM_LOST
 
 
 def demote_421(reply: Reply) -> bytes:
@@ -315,8 +325,7 @@ class Session:
             return
         self.ctx.logger.warning("upstream_failed", session=self.id, error=str(exc))
         self._drop_link(abort=True)
-        reply = replies.UPSTREAM_TIMEOUT if isinstance(exc, UpstreamTimeout) else replies.UPSTREAM_LOST
-        self._answer_rcpt(address, reply, False)
+        self._answer_rcpt(address, failure_reply(exc), False)
 
     def _relay(self, reply: Reply) -> bytes:
         if reply.code == 421:
@@ -335,8 +344,7 @@ class Session:
                 return
             if isinstance(outcome, WilliError):
                 self._drop_link(abort=True)
-                timed_out = isinstance(outcome, UpstreamTimeout)
-                self._answer_data(replies.UPSTREAM_TIMEOUT if timed_out else replies.UPSTREAM_LOST, False)
+                self._answer_data(failure_reply(outcome), False)
             elif outcome.code == 354:
                 self._answer_data(outcome.raw, True)
             else:
@@ -376,7 +384,7 @@ class Session:
         self.scanner = None
         if end < stop:
             self.proto.feed(memoryview(buf)[end:stop])  # pipelined commands after the dot
-        self._body_complete(scanner.size)
+        self._body_complete(scanner.size - 3)  # the final ".\r\n" is no content
 
     def _body_complete(self, size: int) -> None:
         if self.body_failure is not None:
@@ -390,8 +398,7 @@ class Session:
                 return
             if isinstance(outcome, WilliError):
                 self._drop_link(abort=True)
-                timed_out = isinstance(outcome, UpstreamTimeout)
-                self._finish_message(replies.UPSTREAM_TIMEOUT if timed_out else replies.UPSTREAM_LOST, size)
+                self._finish_message(failure_reply(outcome), size)
             else:
                 link.in_transaction = False
                 self._finish_message(self._relay(outcome), size)

@@ -45,6 +45,11 @@ class UpstreamLost(UpstreamError):
     """The upstream closed the connection or it broke."""
 
 
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent something that is not an SMTP reply, or a reply
+    nobody asked for: the connection is dropped and never trusted again."""
+
+
 class UpstreamLink:
     """A connection to one upstream target, speaking SMTP or LMTP."""
 
@@ -160,11 +165,11 @@ class UpstreamLink:
                 if self.closed:
                     return
         except ReplyError as exc:
-            self._fail(UpstreamError(str(exc)))
+            self._fail(UpstreamProtocolError(str(exc)))
 
     def _dispatch(self, reply: Reply) -> None:
         if not self._waiting:
-            self._fail(UpstreamError(f"unexpected reply: {reply.code} {reply.text}"))
+            self._fail(UpstreamProtocolError(f"unexpected reply: {reply.code} {reply.text}"))
             return
         callback, _ = self._waiting.popleft()
         if self._waiting:
