@@ -602,6 +602,8 @@ class Session:
         if not self.txn_rcpts and not self.txn_rejected:
             return
         last = self.txn_last
+        if last.startswith(b"354"):
+            last = b""  # ended inside the body: there is no final result to report
         link = self.link
         self.ctx.log_transaction(
             session=self.id, client=self.peer[0], helo=self.proto.helo, tls=self.client_tls,
