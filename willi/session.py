@@ -68,7 +68,7 @@ class Session:
         "ctx", "id", "peer", "client", "proto", "link", "dialing", "token",
         "scanner", "body_failure", "paused", "last_client", "client_timer",
         "stall_timer", "tls_timer", "closed", "started", "name", "name_waiters", "client_tls",
-        "txn_started", "txn_sender", "txn_rcpts", "txn_rejected", "txn_last", "_processing",
+        "txn_started", "txn_sender", "txn_link", "txn_rcpts", "txn_rejected", "txn_last", "_processing",
     )
 
     def __init__(self, ctx: "Context", sock: Any, peer: tuple[str, int]) -> None:
@@ -91,6 +91,7 @@ class Session:
         self.client_tls: str | None = None
         self.txn_started = 0.0
         self.txn_sender = ""
+        self.txn_link: UpstreamLink | None = None  # the upstream this transaction talked to
         self.txn_rcpts: list[str] = []
         self.txn_rejected = 0
         self.txn_last = b""
@@ -269,6 +270,7 @@ class Session:
             return
         rcpt = rcpt_command(address)
         timeout = self.ctx.command_timeout
+        self.txn_link = link
         mail_outcome: list[Any] = []
 
         def on_mail(outcome: Any) -> None:
@@ -307,6 +309,7 @@ class Session:
             else:
                 self._answer_rcpt(address, self._relay(outcome), outcome.positive)
 
+        self.txn_link = link
         link.command(rcpt_command(address), on_rcpt, self.ctx.command_timeout)
 
     def _answer_rcpt(self, address: Address, reply: bytes, accepted: bool) -> None:
@@ -604,7 +607,7 @@ class Session:
         last = self.txn_last
         if last.startswith(b"354"):
             last = b""  # ended inside the body: there is no final result to report
-        link = self.link
+        link = self.txn_link
         self.ctx.log_transaction(
             session=self.id, client=self.peer[0], helo=self.proto.helo, tls=self.client_tls,
             sender=self.txn_sender,
@@ -616,6 +619,7 @@ class Session:
             size=size, aborted=aborted if size is None else None,
             duration=round(self.ctx.reactor.time() - self.txn_started, 3))
         self.txn_rcpts = []
+        self.txn_link = None
         self.txn_rejected = 0
         self.txn_last = b""
 
