@@ -19,6 +19,22 @@ run: $(VENV)/.deps
 test: $(VENV)/.test-deps system-test-deps
 	$(PY) -m pytest -q
 
+# make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
+# 8 minutes; rewrites BENCHMARKS.md). Quick: BENCH_SCALE=0.05 make bench.
+# More options: BENCH_ARGS='--only willi --workload W1 --runs 1' (see --help).
+bench: $(VENV)/.deps
+	@missing=""; \
+	command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+	  $(SUDO) $(APT) install $$missing || { $(SUDO) apt-get update -q && $(SUDO) $(APT) install $$missing; }; \
+	fi
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 # --- installing what the two commands need ------------------------------------
 system-venv:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \

@@ -1,0 +1,247 @@
+"""BENCHMARKS.md: the tables, the targets, the method; the History kept.
+
+Everything above the `## History` heading is rewritten by each run; the
+History section and everything under it is carried over as it is, so the
+record of what each optimisation bought survives the next run.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from workloads import Result, Workload
+
+HISTORY = "## History"
+HISTORY_DEFAULT = f"""{HISTORY}
+
+What each change to Willi bought, newest first. `bench/run.py` keeps this
+section as it is when it rewrites the rest of the file.
+
+| date | change | W1 msg/s | W2 msg/s | W3 MB/s | W4 kB/session | note |
+| --- | --- | --- | --- | --- | --- | --- |
+"""
+
+# (workload, what, comparison, threshold): the targets of the performance issue.
+TARGETS = [
+    ("W1", "msg/s ≥ 1.0× nginx", "ratio", "nginx", 1.0),
+    ("W1", "proxy CPU ≤ 0.30 ms/msg", "cpu", None, 0.30),
+    ("W2", "msg/s ≥ 1.0× nginx", "ratio", "nginx", 1.0),
+    ("W2", "proxy CPU ≤ 0.12 ms/msg", "cpu", None, 0.12),
+    ("W3", "MB/s ≥ 0.97× haproxy", "ratio", "haproxy", 0.97),
+    ("W3", "proxy CPU ≤ 1.0 s/GB", "cpu", None, 1.0),
+    ("W4-2000", "≤ 3.3 kB per idle session", "mem", None, 3.3),
+    ("W4-9000", "≤ 3.3 kB per idle session", "mem", None, 3.3),
+]
+
+
+@dataclass
+class Summary:
+    runs: int
+    ok: list[Result]
+    every: list[Result]
+
+    def median(self, attr: str) -> float:
+        values = [getattr(r, attr) for r in self.ok]
+        return statistics.median(values) if values else float("nan")
+
+    def median_all(self, attr: str) -> float:
+        """Over every run, failed ones too (for what the machine was doing)."""
+        values = [getattr(r, attr) for r in self.every]
+        return statistics.median(values) if values else float("nan")
+
+    def span(self, attr: str) -> tuple[float, float]:
+        values = [getattr(r, attr) for r in self.ok]
+        return (min(values), max(values)) if values else (float("nan"), float("nan"))
+
+
+def summarise(results: list[Result]) -> dict[tuple[str, str], Summary]:
+    table: dict[tuple[str, str], Summary] = {}
+    for res in results:
+        entry = table.setdefault((res.workload, res.setup), Summary(0, [], []))
+        entry.runs += 1
+        entry.every.append(res)
+        if res.ok:
+            entry.ok.append(res)
+    return table
+
+
+def num(value: float, digits: int = 0) -> str:
+    if value != value:  # NaN
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def digits_for(unit: str) -> int:
+    return {"msg/s": 0, "MB/s": 1, "kB/session": 2}.get(unit, 1)
+
+
+# --- the tables --------------------------------------------------------------------
+def ratio(summaries: dict, wl: str, setup: str, other: str) -> str:
+    mine, theirs = summaries.get((wl, setup)), summaries.get((wl, other))
+    if not mine or not theirs or not mine.ok or not theirs.ok or setup == other:
+        return "–"
+    return f"{mine.median('rate') / theirs.median('rate'):.2f}×"
+
+
+def smtp_table(wl: Workload, setups: list[str], summaries: dict) -> list[str]:
+    cpu_unit = "s/GB" if wl.unit == "MB/s" else "ms/msg"
+    d = digits_for(wl.unit)
+    lines = [
+        f"| configuration | runs ok | {wl.unit} median | min – max | × nginx | × haproxy "
+        f"| proxy CPU {cpu_unit} | cores busy (proxy+sink+source) | other load on the host |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for setup in setups:
+        s = summaries.get((wl.key, setup))
+        if s is None:
+            continue
+        lo, hi = s.span("rate")
+        cpu = "–" if setup == "direct" else num(statistics.median(
+            [r.cpu_per_unit for r in s.ok]) if s.ok else float("nan"), 3)
+        status = f"{len(s.ok)}/{s.runs}" + ("" if len(s.ok) == s.runs else " **FAILED runs**")
+        lines.append(
+            f"| {setup} | {status} | {num(s.median('rate'), d)} | {num(lo, d)} – {num(hi, d)} "
+            f"| {ratio(summaries, wl.key, setup, 'nginx')} | {ratio(summaries, wl.key, setup, 'haproxy')} "
+            f"| {cpu} | {pct(s.median('busy_procs'))} | {pct(s.median_all('busy_other'))} |"
+        )
+    return lines
+
+
+def idle_table(wl: Workload, setups: list[str], summaries: dict) -> list[str]:
+    lines = [
+        "| configuration | runs ok | kB/session median | min – max | × nginx | × haproxy "
+        "| RSS before → with the sessions (MB) | seconds to open all |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for setup in setups:
+        s = summaries.get((wl.key, setup))
+        if s is None:
+            continue
+        lo, hi = s.span("rate")
+        status = f"{len(s.ok)}/{s.runs}" + ("" if len(s.ok) == s.runs else " **FAILED runs**")
+        lines.append(
+            f"| {setup} | {status} | {num(s.median('rate'), 2)} | {num(lo, 2)} – {num(hi, 2)} "
+            f"| {ratio(summaries, wl.key, setup, 'nginx')} | {ratio(summaries, wl.key, setup, 'haproxy')} "
+            f"| {num(s.median('rss_before_kb') / 1024, 1)} → {num(s.median('rss_after_kb') / 1024, 1)} "
+            f"| {num(s.median('wall'), 1)} |"
+        )
+    return lines
+
+
+def pct(value: float) -> str:
+    return "–" if value != value else f"{value * 100:.0f}%"
+
+
+def targets_table(summaries: dict, willi: str) -> list[str]:
+    lines = [f"Measured on `{willi}`, medians of the runs that passed.", "",
+             "| workload | target | measured | met |", "| --- | --- | ---: | --- |"]
+    for wl, text, kind, other, limit in TARGETS:
+        mine = summaries.get((wl, willi))
+        theirs = summaries.get((wl, other)) if other else None
+        if not mine or not mine.ok or (other and (not theirs or not theirs.ok)):
+            lines.append(f"| {wl} | {text} | no data | – |")
+            continue
+        if kind == "ratio":
+            value = mine.median("rate") / theirs.median("rate")
+            shown, met = f"{value:.2f}×", value >= limit
+        elif kind == "cpu":
+            value = statistics.median([r.cpu_per_unit for r in mine.ok])
+            shown, met = f"{value:.3f}", value <= limit
+        else:
+            value = mine.median("rate")
+            shown, met = f"{value:.2f} kB", value <= limit
+        lines.append(f"| {wl} | {text} | {shown} | {'met' if met else '**not met**'} |")
+    return lines
+
+
+# --- the file ----------------------------------------------------------------------
+def runs_table(results: list[Result]) -> list[str]:
+    lines = ["| # | workload | configuration | result | rate | proxy CPU s | sink CPU s "
+             "| source CPU s | wall s | other load | proxy peak RSS MB | warnings logged |",
+             "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for i, r in enumerate(results, 1):
+        verdict = "ok" if r.ok else f"**FAILED**: {r.error}".replace("|", "\\|")[:300]
+        lines.append(
+            f"| {i} | {r.workload} | {r.setup} | {verdict} | {num(r.rate, digits_for(r.unit))} {r.unit} "
+            f"| {r.proxy_cpu:.2f} | {r.sink_cpu:.2f} | {r.source_cpu:.2f} | {r.wall:.2f} "
+            f"| {pct(r.busy_other) if r.unit != 'kB/session' else '–'} "
+            f"| {num(r.hwm_kb / 1024, 1)} | {r.log_problems} |"
+        )
+    return lines
+
+
+def problems(results: list[Result]) -> list[str]:
+    out = []
+    for i, r in enumerate(results, 1):
+        if r.ok and not r.log_problems:
+            continue
+        head = f"- run {i} ({r.workload}, {r.setup}): " + ("ok" if r.ok else f"FAILED: {r.error}")
+        out.append(head + (f"; {r.log_problems} warning/error lines logged" if r.log_problems else ""))
+        if r.log_excerpt:
+            out += ["", "  ```", *("  " + line[:400] for line in r.log_excerpt), "  ```", ""]
+    return out or ["None: every run passed and no proxy logged a warning."]
+
+
+def history_of(path: Path) -> str:
+    if path.exists():
+        text = path.read_text()
+        at = text.find("\n" + HISTORY + "\n")
+        if at >= 0:
+            return text[at + 1 :]
+        if text.startswith(HISTORY + "\n"):
+            return text
+    return HISTORY_DEFAULT
+
+
+def render(meta: dict, workloads: list[Workload], setups: list[str], results: list[Result],
+           method: list[str], willi: str, history: str) -> str:
+    summaries = summarise(results)
+    out = [
+        "# Benchmarks",
+        "",
+        "<!-- Written by `make bench` (bench/run.py). Everything above \"## History\" is",
+        "     rewritten on each run; the History section is kept as it is. -->",
+        "",
+        f"Willi against nginx's mail proxy and HAProxy in TCP mode, with `smtp-source` "
+        f"sending to `smtp-sink` on loopback; \"direct\" is smtp-source straight to the sink "
+        f"(the ceiling). Run {meta['date']}, {meta['duration']}.",
+        "",
+        *(f"- {k}: {v}" for k, v in meta["facts"].items()),
+        "",
+        "## Results",
+        "",
+        "Median and range over the runs that passed; a run in which the sink did not count "
+        "every message, a load generator failed or the proxy died is FAILED and left out "
+        "of the medians (see *Failed runs and warnings*). Ratios compare medians. "
+        "\"proxy CPU\" is utime+stime of the proxy's processes over the load "
+        "(ms per message = s per 1,000 messages; s per GB of payload for W3). "
+        "\"cores busy\" is the CPU time of proxy + sink + smtp-source (utime+stime from "
+        "/proc and wait4) over the wall time of the load, divided by the number of cores; "
+        "\"other load\" is the busy share of all cores from /proc/stat over the same "
+        "interval less that: whatever else ran on the machine (the driver, other users).",
+        "",
+    ]
+    others = [r.busy_other for r in results if r.unit != "kB/session" and r.wall > 0]
+    if others and statistics.median(others) > 0.10:
+        out += [f"**Caution: the machine was not quiet.** Other processes kept a median "
+                f"{statistics.median(others) * 100:.0f}% of the cores busy during the loads "
+                f"(\"other load on the host\"), so the absolute figures are low and noisy; "
+                f"the alternation spreads that load over the configurations, so the ratios "
+                f"hold up better. Rerun on a quiet machine for numbers to quote.", ""]
+    for wl in workloads:
+        out += [f"### {wl.key}: {wl.title}", ""]
+        if wl.kind == "skip":
+            out += [f"Not measured: {wl.reason}", ""]
+            continue
+        count = next((r.count for r in results if r.workload == wl.key), 0)
+        out += [f"{count:,} {'idle sessions' if wl.kind == 'idle' else 'messages'} per run.", ""]
+        out += (smtp_table if wl.kind == "smtp" else idle_table)(wl, setups, summaries)
+        out.append("")
+    out += ["## Targets", "", *targets_table(summaries, willi), "",
+            "## Failed runs and warnings", "", *problems(results), "",
+            "<details><summary>Every run, in the order run</summary>", "",
+            *runs_table(results), "", "</details>", "",
+            "## Method", "", *method, "", history.rstrip() + "\n"]
+    return "\n".join(out)

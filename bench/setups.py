@@ -1,0 +1,206 @@
+"""The configurations under test, and the sink they all deliver to.
+
+Each configuration is started fresh for every run, from a template in
+bench/configs/ rendered into that run's temporary directory, on ports free at
+that moment, and is ready once its port answers with a `220` greeting. The
+sink is a fresh `smtp-sink -c` per run, so its counter starts at zero.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from procs import Proc, Registry, free_port, tool
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+CONFIGS = BENCH / "configs"
+RCPT_DOMAIN = "bench.test"
+NGINX_MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
+DEFAULT_WILLI_CMD = "{python} {willi} --config {config}"
+
+
+@dataclass
+class Options:
+    """What the command line and BENCH_* variables set for the setups."""
+
+    python: str = sys.executable
+    willi_cmd: str = DEFAULT_WILLI_CMD
+    willi_env: dict[str, str] = field(default_factory=dict)
+    nginx_workers: str = "1"
+    haproxy_threads: int = 1
+    max_sessions: int = 9000
+
+
+@dataclass
+class Running:
+    """A proxy (or none, for `direct`) listening on port for one run."""
+
+    name: str
+    port: int
+    proc: Proc | None
+    command: str
+    files: dict[str, str] = field(default_factory=dict)
+    logs: list[Path] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        return self.proc.pids() if self.proc else []
+
+    def cpu(self) -> float:
+        return self.proc.cpu() if self.proc else 0.0
+
+
+# --- helpers --------------------------------------------------------------------
+def render(template: str, target: Path, values: dict[str, object]) -> str:
+    text = (CONFIGS / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        raise SystemExit(f"bench: {template}: unfilled placeholders {left}")
+    target.write_text(text)
+    return text
+
+
+def greets(port: int, timeout: float = 2.0) -> bool:
+    """True when 127.0.0.1:port accepts and sends a 220 greeting."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            data = b""
+            while b"\r\n" not in data or not re.search(rb"(^|\r\n)\d{3} ", data):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return False
+                data += chunk
+            ok = data.startswith(b"220")
+            sock.sendall(b"QUIT\r\n")
+            return ok
+    except OSError:
+        return False
+
+
+def wait_ready(name: str, port: int, proc: Proc | None, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"{name} exited at start:\n{proc.log_tail()}")
+        if greets(port):
+            return
+        time.sleep(0.05)
+    tail = proc.log_tail() if proc else ""
+    raise RuntimeError(f"{name} did not greet on 127.0.0.1:{port} within {seconds:.0f}s\n{tail}")
+
+
+# --- the sink -------------------------------------------------------------------
+def sink_argv(port: int) -> list[str]:
+    argv = [tool("smtp-sink"), "-c", "-m", "12000", "-h", "sink.bench.test"]
+    if os.geteuid() == 0:
+        argv += ["-u", "nobody"]  # smtp-sink insists on dropping root
+    return argv + [f"127.0.0.1:{port}", "4096"]
+
+
+def start_sink(registry: Registry, rundir: Path) -> tuple[Proc, int, str]:
+    port = free_port()
+    argv = sink_argv(port)
+    proc = registry.start("smtp-sink", argv, rundir / "sink.log")
+    wait_ready("smtp-sink", port, proc)
+    return proc, port, shlex.join(argv)
+
+
+def sink_count(proc: Proc) -> int:
+    """The sink's message counter: the last `mesg=N` it printed (-c)."""
+    if proc.log is None or not proc.log.exists():
+        return 0
+    with open(proc.log, "rb") as fh:
+        fh.seek(max(0, fh.seek(0, 2) - 400))
+        found = re.findall(rb"mesg=(\d+)", fh.read())
+    return int(found[-1]) if found else 0
+
+
+# --- the proxies ----------------------------------------------------------------
+def start_direct(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    return Running("direct", sink_port, None, "(none: smtp-source talks to smtp-sink)")
+
+
+def start_haproxy(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    port = free_port()
+    cfg = rundir / "haproxy.cfg"
+    text = render("haproxy.cfg", cfg, {
+        "PORT": port, "SINK_PORT": sink_port, "DIR": rundir,
+        "THREADS": opts.haproxy_threads, "MAXCONN": opts.max_sessions + 900,
+    })
+    argv = [tool("haproxy"), "-db", "-f", str(cfg)]
+    proc = registry.start("haproxy", argv, rundir / "haproxy.log")
+    wait_ready("haproxy", port, proc)
+    return Running("haproxy", port, proc, shlex.join(argv), {"haproxy.cfg": text})
+
+
+def start_nginx(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    port, auth_port = free_port(), free_port()
+    cfg = rundir / "nginx.conf"
+    text = render("nginx.conf", cfg, {
+        "PORT": port, "AUTH_PORT": auth_port, "SINK_PORT": sink_port, "DIR": rundir,
+        "MODULE": NGINX_MAIL_MODULE, "WORKERS": opts.nginx_workers,
+        "CONNECTIONS": opts.max_sessions + 900, "NOFILE": opts.max_sessions + 1000,
+        "USER": getpass.getuser(),
+    })
+    argv = [tool("nginx"), "-p", str(rundir), "-c", str(cfg), "-e", str(rundir / "nginx-error.log")]
+    proc = registry.start("nginx", argv, rundir / "nginx.log")
+    wait_ready("nginx", port, proc)
+    return Running("nginx", port, proc, shlex.join(argv), {"nginx.conf": text},
+                   [rundir / "nginx-error.log"])
+
+
+def start_willi(registry: Registry, rundir: Path, sink_port: int, opts: Options,
+                extra: dict[str, str] | None = None, name: str = "willi") -> Running:
+    port = free_port()
+    values = {"PORT": port, "SINK_PORT": sink_port, "DIR": rundir}
+    render("upstreams.csv", rundir / "upstreams.csv", values)
+    text = render("willi.env", rundir / "willi.env", values)
+    overrides = {**(extra or {}), **opts.willi_env}
+    if overrides:
+        text += "# from the driver (--willi-env / the configuration)\n"
+        text += "".join(f"{key}={value}\n" for key, value in overrides.items())
+        (rundir / "willi.env").write_text(text)
+    argv = shlex.split(opts.willi_cmd.format(
+        python=opts.python, willi=REPO / "willi.py", config=rundir / "willi.env"))
+    # Only the env file configures Willi: WILLI_* from the caller's shell are dropped.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WILLI_")}
+    proc = registry.start(name, argv, rundir / "willi.log", env=env, cwd=REPO,
+                          skip_comm=("py-spy",))
+    wait_ready(name, port, proc)
+    return Running(name, port, proc, shlex.join(argv), {"willi.env": text})
+
+
+def start_willi_w2(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    return start_willi(registry, rundir, sink_port, opts, {"WILLI_WORKERS": "2"}, "willi-w2")
+
+
+SETUPS = {
+    "direct": start_direct,
+    "haproxy": start_haproxy,
+    "nginx": start_nginx,
+    "willi": start_willi,
+    "willi-w2": start_willi_w2,
+}
+DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi"]
+
+
+def log_problems(running: Running, limit: int = 8) -> tuple[int, list[str]]:
+    """Warning and error lines a proxy logged during the run (count, first few)."""
+    paths = [running.proc.log] if running.proc and running.proc.log else []
+    lines = [
+        line
+        for path in paths + running.logs if path.exists()
+        for line in path.read_text(errors="replace").splitlines()
+        if re.search(r"\b(warn|warning|error|alert|crit|emerg|Traceback)\b", line, re.I)
+    ]
+    return len(lines), lines[:limit]
