@@ -71,3 +71,16 @@ def test_callbacks_queued_by_callbacks_run_on_the_next_turn() -> None:
     run_until(reactor, lambda: len(order) == 3)
     reactor.close()
     assert order == [1, 2, 3]
+
+
+def test_cancelled_long_timers_do_not_pile_up_in_the_heap() -> None:
+    reactor = Reactor()
+    keep = reactor.call_later(300, lambda: None)
+    for _ in range(10_000):
+        reactor.call_later(300, lambda: None).cancel()
+    assert len(reactor._timers) < 600 and not keep.cancelled
+    fired: list[bool] = []
+    reactor.call_later(0.001, fired.append, True)
+    run_until(reactor, lambda: bool(fired))
+    reactor.close()
+    assert fired == [True]

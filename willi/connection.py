@@ -190,8 +190,8 @@ class Connection:
     def on_writable(self) -> None:
         if self._connect_done is not None:
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            self._events = 0
-            self.reactor.unregister(self.sock)
+            # Still registered for WRITE: _finish_connect turns it into READ
+            # with one modify instead of an unregister and a register.
             exc = OSError(err, errno.errorcode.get(err, "connect")) if err else None
             self._finish_connect(exc)
             return

@@ -11,14 +11,53 @@ import os
 import ssl
 from typing import Any, Callable
 
-from willi import replies, tls
+from willi import dns, replies, tls
 from willi.config import Config
 from willi.log import Logger
 from willi.reactor import Reactor
 from willi.routing.router import Router
 from willi.smtp.server import ServerSettings
 from willi.upstream_link import Dialer
-from willi.workers import WorkerPool
+from willi.workers import PoolFull, WorkerPool
+
+
+class ReverseNames:
+    """XCLIENT's NAME: reverse DNS looked up in the worker pool, shared by all
+    sessions and cached per address for a minute (a temporary failure is not
+    cached), so a busy client costs one lookup, not one per connection."""
+
+    TTL = 60.0
+    LIMIT = 10_000
+
+    def __init__(self, reactor: Reactor, workers: WorkerPool) -> None:
+        self._reactor = reactor
+        self._workers = workers
+        self._cache: dict[str, tuple[float, str]] = {}
+        self._waiting: dict[str, list[Callable[[str], None]]] = {}
+
+    def lookup(self, ip: str, callback: Callable[[str], None]) -> None:
+        hit = self._cache.get(ip)
+        if hit is not None and hit[0] > self._reactor.time():
+            self._reactor.call_soon(callback, hit[1])
+            return
+        waiters = self._waiting.get(ip)
+        if waiters is not None:
+            waiters.append(callback)
+            return
+        self._waiting[ip] = [callback]
+        try:
+            self._workers.submit(dns.reverse_name, (ip,), lambda name, exc: self._done(ip, name, exc))
+        except PoolFull:
+            self._reactor.call_soon(self._done, ip, None, PoolFull())
+
+    def _done(self, ip: str, name: Any, exc: BaseException | None) -> None:
+        name = dns.TEMPUNAVAIL if exc is not None else name
+        if name != dns.TEMPUNAVAIL:
+            if len(self._cache) >= self.LIMIT:
+                self._cache.clear()
+            self._cache[ip] = (self._reactor.time() + self.TTL, name)
+        for callback in self._waiting.pop(ip, []):
+            callback(name)
 
 
 class Context:
@@ -46,6 +85,7 @@ class Context:
         self.split_recipients = config.split_recipients
         self.strict_body = config.bare_lf == "reject"
         self.draining = False
+        self.reverse_names = ReverseNames(reactor, workers)
         self.on_session_closed: Callable[[Any], None] = lambda session: None
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}."

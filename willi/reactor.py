@@ -25,6 +25,7 @@ from typing import Any, Callable, Protocol
 
 RECV_BUFFER_SIZE = 256 * 1024
 TLS_PLAIN_BUFFER_SIZE = 64 * 1024
+COMPACT_AFTER = 256
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -41,18 +42,21 @@ class Handler(Protocol):
 class Timer:
     """A scheduled call; `cancel()` is O(1) and idempotent."""
 
-    __slots__ = ("when", "callback", "args", "cancelled")
+    __slots__ = ("when", "callback", "args", "cancelled", "reactor")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, reactor: "Reactor") -> None:
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
+        self.reactor = reactor
 
     def cancel(self) -> None:
-        self.cancelled = True
-        self.callback = _noop
-        self.args = ()
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback = _noop
+            self.args = ()
+            self.reactor._timer_cancelled()
 
     def __lt__(self, other: "Timer") -> bool:
         return self.when < other.when
@@ -68,6 +72,7 @@ class Reactor:
     def __init__(self) -> None:
         self._selector = selectors.DefaultSelector()
         self._timers: list[Timer] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
         self._threadsafe: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
         self._signals: dict[int, Callable[[], None]] = {}
@@ -102,9 +107,19 @@ class Reactor:
         self._ready.append((callback, args))
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
-        timer = Timer(self.time() + delay, callback, args)
+        timer = Timer(self.time() + delay, callback, args, self)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def _timer_cancelled(self) -> None:
+        """Cancelled timers stay in the heap until due; when they are the
+        majority, rebuild it, so long timeouts that are almost always
+        cancelled (300s per upstream command) do not pile up under load."""
+        self._cancelled += 1
+        if self._cancelled > COMPACT_AFTER and self._cancelled * 2 > len(self._timers):
+            self._timers = [t for t in self._timers if not t.cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
         """From any thread: run callback on the reactor thread soon."""
@@ -171,6 +186,7 @@ class Reactor:
         timers = self._timers
         while timers and timers[0].cancelled:
             heapq.heappop(timers)
+            self._cancelled -= 1
         if not timers:
             return None
         return max(0.0, timers[0].when - self.time())
@@ -182,7 +198,10 @@ class Reactor:
         now = self.time()
         while timers and timers[0].when <= now:
             timer = heapq.heappop(timers)
-            if not timer.cancelled:
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
+                timer.cancelled = True  # fired: a later cancel() is a no-op
                 self._ready.append((timer.callback, timer.args))
 
     def _run_ready(self) -> None:

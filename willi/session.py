@@ -18,7 +18,7 @@ from __future__ import annotations
 import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
-from willi import dns, replies
+from willi import replies
 from willi.connection import Connection
 from willi.errors import MappingError, UpstreamError, WilliError
 from willi.reactor import Timer
@@ -67,7 +67,7 @@ class Session:
     __slots__ = (
         "ctx", "id", "peer", "client", "proto", "link", "dialing", "token",
         "scanner", "body_failure", "paused", "last_client", "client_timer",
-        "stall_timer", "tls_timer", "closed", "started", "name", "name_waiters", "client_tls",
+        "stall_timer", "tls_timer", "closed", "started", "client_tls",
         "txn_started", "txn_sender", "txn_link", "txn_rcpts", "txn_rejected", "txn_last", "_processing",
     )
 
@@ -86,8 +86,6 @@ class Session:
         self.started = self.last_client = ctx.reactor.time()
         self.tls_timer: Timer | None = None
         self.stall_timer: Timer | None = None
-        self.name: str | None = None
-        self.name_waiters: list[Callable[[str], None]] = []
         self.client_tls: str | None = None
         self.txn_started = 0.0
         self.txn_sender = ""
@@ -445,24 +443,8 @@ class Session:
             link.command(b"RSET\r\n", _ignore, self.ctx.command_timeout)
 
     def _reverse_name(self, callback: Callable[[str], None]) -> None:
-        """XCLIENT's NAME: reverse DNS in the worker pool, once per session."""
-        if self.name is not None:
-            self.ctx.reactor.call_soon(callback, self.name)
-            return
-        self.name_waiters.append(callback)
-        if len(self.name_waiters) > 1:
-            return
-
-        def done(name: Any, exc: BaseException | None) -> None:
-            self.name = dns.TEMPUNAVAIL if exc is not None else name
-            waiters, self.name_waiters = self.name_waiters, []
-            for waiter in waiters:
-                waiter(self.name)
-
-        try:
-            self.ctx.workers.submit(dns.reverse_name, (self.peer[0],), done)
-        except PoolFull:
-            self.ctx.reactor.call_soon(done, None, PoolFull())
+        """XCLIENT's NAME for this client (cached across sessions)."""
+        self.ctx.reverse_names.lookup(self.peer[0], callback)
 
     # --- STARTTLS ---------------------------------------------------------------
     def _starttls(self) -> None:

@@ -54,7 +54,7 @@ class UpstreamLink:
     """A connection to one upstream target, speaking SMTP or LMTP."""
 
     __slots__ = (
-        "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer",
+        "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer", "_deadline",
         "capabilities", "tls", "tls_verified", "xclient", "in_transaction",
         "on_idle_lost", "on_pause", "on_resume", "__weakref__",
     )
@@ -67,6 +67,7 @@ class UpstreamLink:
         self._reader = ReplyReader()
         self._waiting: collections.deque[tuple[ReplyCallback, float]] = collections.deque()
         self._timer: Timer | None = None
+        self._deadline = 0.0  # when the awaited reply is due; 0: none awaited
         self.capabilities: dict[str, str] = {}
         self.tls: str | None = None  # TLS version once encrypted
         self.tls_verified = False
@@ -123,16 +124,16 @@ class UpstreamLink:
 
     def quit(self) -> None:
         """Polite close: QUIT, then close once it is sent (no need to wait for 221)."""
+        self._drop_timer()
         if self.conn is not None and not self.conn.closed:
             self._waiting.clear()
-            self._cancel_timer()
             self.conn.write(b"QUIT\r\n")
             self.conn.close_when_flushed()
 
     def abort(self) -> None:
         """Drop the connection at once (RST): a partial message must never be
         mistaken for a finished one."""
-        self._cancel_timer()
+        self._drop_timer()
         self._waiting.clear()
         if self.conn is not None:
             self.conn.abort()
@@ -192,21 +193,39 @@ class UpstreamLink:
 
     # --- failure ------------------------------------------------------------
     def _arm(self, timeout: float) -> None:
-        self._cancel_timer()
-        self._timer = self.reactor.call_later(timeout, self._timed_out)
+        """Expect a reply within timeout. One timer per link, re-armed lazily:
+        moving the deadline costs no heap operation unless it comes closer."""
+        deadline = self.reactor.time() + timeout
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = self.reactor.call_later(timeout, self._check_deadline)
 
     def _cancel_timer(self) -> None:
+        self._deadline = 0.0
+
+    def _drop_timer(self) -> None:
+        self._deadline = 0.0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _timed_out(self) -> None:
+    def _check_deadline(self) -> None:
         self._timer = None
+        if not self._deadline:
+            return  # nothing awaited any more
+        remaining = self._deadline - self.reactor.time()
+        if remaining > 0:
+            self._timer = self.reactor.call_later(remaining, self._check_deadline)
+            return
         self._fail(UpstreamTimeout("upstream timed out"))
 
     def _fail(self, exc: UpstreamError) -> None:
         """The one fatal path: every waiting callback learns of it, once."""
-        self._cancel_timer()
+        self._drop_timer()
         waiting, self._waiting = self._waiting, collections.deque()
         if self.conn is not None:
             self.conn.abort()

@@ -13,6 +13,11 @@ MAX_LINE = 4096
 MAX_LINES = 100
 
 
+# Every valid reply code, for the one-line fast path (a dict lookup instead of
+# isdigit + int).
+_CODES = {b"%d" % code: code for code in range(200, 600)}
+
+
 class ReplyError(WilliError):
     """The upstream sent something that is not an SMTP reply."""
 
@@ -68,6 +73,15 @@ class ReplyReader:
 
     def next_reply(self) -> Reply | None:
         buf = self._buf
+        if not self._lines:
+            # The common case: a whole one-line reply, parsed without the loop.
+            end = buf.find(b"\r\n")
+            if 3 <= end <= MAX_LINE and (end == 3 or buf[3] == 32) and buf.find(b"\n", 0, end) < 0:
+                code = _CODES.get(bytes(buf[:3]))
+                if code is not None:
+                    raw = bytes(buf[: end + 2])
+                    del buf[: end + 2]
+                    return Reply(code, [raw[:-2]], raw)
         while True:
             end = buf.find(b"\n")
             if end < 0:

@@ -15,9 +15,11 @@ again. Command builders for the transaction (MAIL, RCPT, XCLIENT) are here too.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Generator
+from types import MappingProxyType
+from typing import Generator, Mapping
 
 from willi import replies
 from willi.errors import UpstreamError
@@ -72,19 +74,28 @@ class HandshakeSettings:
 class Greeted:
     """What the handshake established."""
 
-    capabilities: dict[str, str] = field(default_factory=dict)
+    capabilities: Mapping[str, str] = field(default_factory=dict)
     tls: bool = False
     xclient: bool = False
 
 
-def capabilities(reply: Reply) -> dict[str, str]:
-    """EHLO keywords (upper-cased) and their parameters; the first line is the name."""
+def capabilities(reply: Reply) -> Mapping[str, str]:
+    """EHLO keywords (upper-cased) and their parameters; the first line is the name.
+
+    An upstream answers EHLO the same way every time, so the parse is
+    memoised on the reply's bytes; the result is read-only for that reason.
+    """
+    return _capabilities(reply.raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _capabilities(raw: bytes) -> Mapping[str, str]:
     caps: dict[str, str] = {}
-    for line in reply.lines[1:]:
+    for line in raw.split(b"\r\n")[1:]:
         keyword, _, params = line[4:].decode("ascii", "replace").strip().partition(" ")
         if keyword:
             caps[keyword.upper()] = params.strip()
-    return caps
+    return MappingProxyType(caps)
 
 
 def handshake(settings: HandshakeSettings, client: ClientInfo) -> Dialogue:
@@ -125,13 +136,13 @@ def _xclient_offered(caps: dict[str, str]) -> set[str]:
     return set(caps["XCLIENT"].upper().split()) & XCLIENT_ATTRIBUTES
 
 
-def _wants_starttls(settings: HandshakeSettings, caps: dict[str, str]) -> bool:
+def _wants_starttls(settings: HandshakeSettings, caps: Mapping[str, str]) -> bool:
     if "STARTTLS" not in caps or settings.starttls == "off":
         return False
     return settings.starttls != "if-client" or settings.client_tls
 
 
-def _hello(settings: HandshakeSettings) -> Generator[bytes, Reply, dict[str, str]]:
+def _hello(settings: HandshakeSettings) -> Generator[bytes, Reply, Mapping[str, str]]:
     host = settings.hostname.encode("ascii", "replace")
     verb = b"LHLO" if settings.lmtp else b"EHLO"
     reply = yield b"%s %s\r\n" % (verb, host)
@@ -198,7 +209,7 @@ class NeedsSMTPUTF8(UpstreamError):
     reply = replies.NEED_SMTPUTF8
 
 
-def mail_command(sender: Address, params: dict[str, str | None], caps: dict[str, str]) -> bytes:
+def mail_command(sender: Address, params: dict[str, str | None], caps: Mapping[str, str]) -> bytes:
     """MAIL FROM with the client's parameters that the upstream supports."""
     out = [b"MAIL FROM:<%s>" % str(sender).encode("utf-8", "surrogateescape")]
     for key, value in params.items():
