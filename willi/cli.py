@@ -174,7 +174,7 @@ def _serve_one(config: Config, logger: Logger) -> int:
     dialer = Dialer(reactor, workers, DialSettings(
         hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
         command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
-        starttls=config.upstream_starttls,
+        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
         xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient),
         contexts.get, logger)
     try:
@@ -195,6 +195,7 @@ def _serve_one(config: Config, logger: Logger) -> int:
     try:
         reactor.run()
     finally:
+        dialer.pool.close()
         front.close_listeners()
         workers.close(timeout=0.5)
         router.close()

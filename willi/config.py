@@ -59,6 +59,7 @@ class Config:
     upstream_command_timeout: float = 300.0
     upstream_data_timeout: float = 600.0
     upstream_retry_after: float = 30.0
+    upstream_pool_idle: float = 5.0  # 0: upstream connections are never kept between sessions
     shutdown_timeout: float = 30.0
     lookup_timeout: float = 15.0
     lookup_threads: int = 4
@@ -107,6 +108,16 @@ def parse_duration(text: str) -> float:
     if not match or float(match[1]) <= 0:
         raise _Invalid("a duration > 0 in seconds, or with s/m/h")
     return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+
+
+def parse_duration_or_off(text: str) -> float:
+    """A duration, or 0 (also "off") to turn the feature off."""
+    if text.strip().lower() in ("0", "0s", "off"):
+        return 0.0
+    try:
+        return parse_duration(text)
+    except _Invalid:
+        raise _Invalid("a duration in seconds, or with s/m/h; 0 or off to turn it off") from None
 
 
 def parse_bool(text: str) -> bool:
@@ -265,6 +276,7 @@ KEYS: tuple[_Key, ...] = (
     _Key("WILLI_BARE_LF", "bare_lf", _choice("reject", "pass")),
     _Key("WILLI_RECIPIENT_DELIMITER", "recipient_delimiter", parse_delimiter),
     *(_Key("WILLI_" + key, key.lower(), parse_duration) for key in _DURATION_KEYS),
+    _Key("WILLI_UPSTREAM_POOL_IDLE", "upstream_pool_idle", parse_duration_or_off),
     _Key("WILLI_LOOKUP_THREADS", "lookup_threads", _whole(1, 64)),
     _Key("WILLI_LOOKUP_QUEUE", "lookup_queue", _whole(1)),
     _Key(

@@ -248,7 +248,7 @@ class Session:
                 self._answer_rcpt(address, replies.UPSTREAM_UNAVAILABLE, False)
                 return
             self._adopt(link)
-            self._send_envelope(link, address, fresh=True)
+            self._send_envelope(link, address, fresh=not link.reused)
 
         self.dialing = self.ctx.dialer.dial(route, client, self.proto.tls_active, self._reverse_name, done)
 
@@ -432,7 +432,7 @@ class Session:
         if abort or link.in_transaction and self.scanner is not None:
             link.abort()
         else:
-            link.quit()
+            self.ctx.dialer.release(link, self.proto.tls_active)
         self._resume(PAUSE_UPSTREAM_FULL)
 
     def _reset_upstream(self) -> None:

@@ -31,6 +31,7 @@ from willi.smtp import upstream as dialogue
 from willi.smtp.reply import Reply, ReplyError, ReplyReader
 from willi.targets import Target, parse_targets
 from willi.tls import TLSEngine
+from willi.upstream_pool import LinkPool
 from willi.workers import PoolFull, WorkerPool
 
 Outcome = "Reply | UpstreamError"
@@ -55,7 +56,7 @@ class UpstreamLink:
 
     __slots__ = (
         "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer", "_deadline",
-        "capabilities", "tls", "tls_verified", "xclient", "in_transaction",
+        "capabilities", "tls", "tls_verified", "xclient", "in_transaction", "reused",
         "on_idle_lost", "on_pause", "on_resume", "__weakref__",
     )
 
@@ -73,6 +74,7 @@ class UpstreamLink:
         self.tls_verified = False
         self.xclient = False
         self.in_transaction = False  # MAIL FROM accepted, not yet finished
+        self.reused = False  # taken from the pool: it may have died while parked
         # Set by the session that owns the link.
         self.on_idle_lost: Callable[[UpstreamLink, UpstreamError], None] | None = None
         self.on_pause: Callable[[], None] | None = None
@@ -244,6 +246,7 @@ class DialSettings:
     retry_after: float = 30.0
     starttls: str = "if-client"
     xclient: str = "auto"
+    pool_idle: float = 5.0  # seconds an idle link is kept for the next session; 0: never
 
 
 class TargetHealth:
@@ -288,11 +291,22 @@ class Dialer:
         self.health = TargetHealth(reactor.time, settings.retry_after)
         self.logger = logger
         self._dns: dict[str, tuple[float, list[tuple[int, Any]]]] = {}
+        self.pool = LinkPool(reactor, settings.pool_idle)
 
     def dial(self, route: Route, client: dialogue.ClientInfo, client_tls: bool,
              reverse_name: Callable[[Callable[[str], None]], None],
-             done: Callable[[UpstreamLink | None, str], None]) -> "DialAttempt":
+             done: Callable[[UpstreamLink | None, str], None]) -> "DialAttempt | _FromPool":
+        """A parked idle link for the route when there is one, else a new one."""
+        link = self.pool.take(route, client_tls)
+        if link is not None:
+            link.reused = True
+            return _FromPool(self.reactor, link, done)
         return DialAttempt(self, route, client, client_tls, reverse_name, done)
+
+    def release(self, link: UpstreamLink, client_tls: bool) -> None:
+        """A session is done with an idle link: park it, or QUIT it."""
+        if not self.pool.park(link, client_tls):
+            link.quit()
 
     # --- name resolution, cached, in the worker pool ---------------------------
     def resolve(self, target: Target, done: Callable[[list[tuple[int, Any]] | None, str], None]) -> None:
@@ -329,6 +343,26 @@ class Dialer:
             self.workers.submit(dns.resolve, (target.host, target.port), resolved)
         except PoolFull:
             done(None, "worker pool full")
+
+
+class _FromPool:
+    """A dial answered from the pool: done(link) on the next turn of the loop."""
+
+    __slots__ = ("cancelled",)
+
+    def __init__(self, reactor: Reactor, link: UpstreamLink,
+                 done: Callable[[UpstreamLink | None, str], None]) -> None:
+        self.cancelled = False
+        reactor.call_soon(self._hand_over, link, done)
+
+    def _hand_over(self, link: UpstreamLink, done: Callable[[UpstreamLink | None, str], None]) -> None:
+        if self.cancelled:
+            link.quit()
+        else:
+            done(link, "")
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class DialAttempt:

@@ -462,7 +462,9 @@ def test_a_failed_target_is_not_tried_first_by_the_next_session(launch):
 def test_a_failed_target_is_tried_first_again_once_retry_after_has_passed(launch):
     busy = launch.upstream(greeting=b"421 4.3.2 busy\r\n")
     live = launch.upstream()
-    willi = static_willi(launch, f"{busy.address},{live.address}", WILLI_UPSTREAM_RETRY_AFTER="1s")
+    # Dial order is what is tested: no parked connection may answer instead.
+    willi = static_willi(launch, f"{busy.address},{live.address}", WILLI_UPSTREAM_RETRY_AFTER="1s",
+                         WILLI_UPSTREAM_POOL_IDLE="0")
 
     def one_delivery() -> int:
         with open_session(willi) as client:
