@@ -85,6 +85,7 @@ class Context:
         self.split_recipients = config.split_recipients
         self.strict_body = config.bare_lf == "reject"
         self.draining = False
+        self.log_transactions = logger.enabled("info")  # skip building the line when it is off
         self.reverse_names = ReverseNames(reactor, workers)
         self.on_session_closed: Callable[[Any], None] = lambda session: None
         self._ids = itertools.count(1)

@@ -586,6 +586,14 @@ class Session:
         """One log line per transaction that reached RCPT (SPEC §6)."""
         if not self.txn_rcpts and not self.txn_rejected:
             return
+        if self.ctx.log_transactions:
+            self._log_transaction(size, aborted)
+        self.txn_rcpts = []
+        self.txn_link = None
+        self.txn_rejected = 0
+        self.txn_last = b""
+
+    def _log_transaction(self, size: int | None, aborted: str | None) -> None:
         last = self.txn_last
         if last.startswith(b"354"):
             last = b""  # ended inside the body: there is no final result to report
@@ -600,10 +608,6 @@ class Session:
             text=last[4:].split(b"\r\n")[0].decode("utf-8", "replace") if last else None,
             size=size, aborted=aborted if size is None else None,
             duration=round(self.ctx.reactor.time() - self.txn_started, 3))
-        self.txn_rcpts = []
-        self.txn_link = None
-        self.txn_rejected = 0
-        self.txn_last = b""
 
 
 def _ignore(outcome: Any) -> None:

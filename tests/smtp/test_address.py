@@ -187,3 +187,26 @@ def test_well_formed_addresses_round_trip(local: str, labels: list[str]) -> None
     assert address == Address(local, domain)
     assert str(address) == f"{local}@{domain}"
     assert params == []
+
+
+# --- the fast path ---------------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from willi.smtp.address import _FORBIDDEN, _parse_path  # noqa: E402
+
+_PATHLIKE = st.text(alphabet=st.sampled_from(list("ab.-_+=@<>\" \\[]:,é\u0085")), max_size=20)
+
+
+@settings(database=None, max_examples=2000)
+@given(local=_PATHLIKE, domain=_PATHLIKE, params=st.sampled_from(["", " SIZE=10", " BODY=8BITMIME SMTPUTF8", "x"]))
+def test_the_fast_path_agrees_with_the_general_parser(local: str, domain: str, params: str) -> None:
+    text = f"<{local}@{domain}>{params}"
+    try:
+        general = None if _FORBIDDEN.search(text) else _parse_path(text)
+    except AddressError:
+        general = None
+    try:
+        fast = parse_path_argument(text)
+    except AddressError:
+        fast = None
+    assert fast == general

@@ -22,6 +22,15 @@ from willi.errors import WilliError
 _ATEXT = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+-/=?^_`{|}~.")
 # A domain label: letters, digits, hyphen; "_" appears in the wild; non-ASCII for SMTPUTF8.
 _LABEL = re.compile(r"[A-Za-z0-9_\-\u0080-\U0010ffff]+")
+# The everyday path, `<dot-string@host.name>` plus parameters, in one match:
+# exactly what the general parser accepts for inputs without quotes,
+# backslashes, brackets or source routes, without its per-character loops.
+_SIMPLE_PATH = re.compile(
+    r"<([A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.\u0080-\U0010ffff]+)"
+    r"@([A-Za-z0-9_\-\u0080-\U0010ffff]+(?:\.[A-Za-z0-9_\-\u0080-\U0010ffff]+)*)>"
+    r"((?: .*)?)",
+    re.DOTALL,
+)
 _PARAM_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9\-]*")
 # RFC 5321 esmtp-value: printable ASCII but "=" and space; RFC 6531 adds UTF-8.
 _PARAM_VALUE = re.compile(r"[!-<>-~\u00a0-\ud7ff\ue000-\U0010ffff]+")
@@ -65,6 +74,14 @@ def parse_path_argument(arg: str) -> tuple[Address, list[str]]:
     if _FORBIDDEN.search(arg):
         raise AddressError("control character or undecodable byte in path")
     text = arg.lstrip(" ")
+    simple = _SIMPLE_PATH.fullmatch(text)
+    if simple is not None:
+        return Address(simple[1], simple[2]), _split_params(simple[3])
+    return _parse_path(text)
+
+
+def _parse_path(text: str) -> tuple[Address, list[str]]:
+    """The general case: quotes, escapes, source routes, literals, no brackets."""
     if text.startswith("<"):
         end = _scan(text, 1, stop=">")
         if end == len(text):
