@@ -43,12 +43,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"willi: configuration error: {exc}", file=sys.stderr)
         return 1
+    unsupported = _not_built_yet(config)
+    if unsupported:
+        print(f"willi: configuration error: {unsupported}: not supported by this version yet", file=sys.stderr)
+        return 1
     logger = Logger(sys.stdout, config.log_format, config.log_level)
     if args.check:
         return check(config, logger, sys.stdout)
     if args.lookup is not None:
         return lookup(config, logger, args.lookup, sys.stdout)
     return serve(config, logger)
+
+
+def _not_built_yet(config: Config) -> str | None:
+    """Keys of the SPEC whose feature is not built yet. Refused rather than
+    ignored: a PROXY header or a metrics port silently missing would be worse."""
+    if config.proxy_protocol:
+        return "WILLI_PROXY_PROTOCOL=on"
+    if config.upstream_proxy_protocol != "off":
+        return f"WILLI_UPSTREAM_PROXY_PROTOCOL={config.upstream_proxy_protocol}"
+    if config.upstream_auth != "off":
+        return f"WILLI_UPSTREAM_AUTH={config.upstream_auth}"
+    if config.metrics_listen is not None:
+        return "WILLI_METRICS_LISTEN"
+    return None
 
 
 # --- --check and --lookup -------------------------------------------------------
