@@ -209,7 +209,8 @@ def _serve_one(config: Config, logger: Logger) -> int:
     reactor.add_signal_handler(signal.SIGHUP, lifecycle.reload)
     front.start()
     for host, port in config.listen:
-        logger.info("listening", address=f"{host}:{port}", hostname=config.hostname, version=__version__)
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as WILLI_LISTEN writes it
+        logger.info("listening", address=shown, hostname=config.hostname, version=__version__)
     try:
         reactor.run()
     finally:

@@ -498,6 +498,10 @@ class ScriptableUpstream:
         kept = bytearray(b"\r\n")  # a virtual CRLF: the body may start with "."
         received, scan_from, stalled = 0, 0, False
         while (end := kept.find(b"\r\n.\r\n", scan_from)) < 0:
+            if not self.keep_bodies and len(kept) > 65536:
+                # Trim only after a scan found nothing: the last 4 bytes can
+                # then hold at most the start of the 5-byte marker.
+                del kept[: len(kept) - 4]
             scan_from = max(0, len(kept) - 4)
             chunk = self._body_chunk(session, faults)
             received += len(chunk)
@@ -511,9 +515,6 @@ class ScriptableUpstream:
                 stalled = True
                 self._stall(session)
             kept += chunk
-            if not self.keep_bodies and len(kept) > 65536:
-                del kept[: len(kept) - 4]
-                scan_from = 0
         session.buffer[:0] = kept[end + 5 :]
         return bytes(kept[2 : end + 2]) if self.keep_bodies else b""
 
