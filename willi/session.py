@@ -140,7 +140,7 @@ class Session:
             return
         if self.proto.buffered > BACKLOG_LIMIT:
             self._pause(PAUSE_BACKLOG)
-        else:
+        elif self.paused & PAUSE_BACKLOG:
             self._resume(PAUSE_BACKLOG)
 
     def _dispatch(self, event: smtp.Event) -> None:
@@ -161,8 +161,9 @@ class Session:
             self.close("quit" if isinstance(event, smtp.Quit) else "too many errors", flush=True)
 
     def _flush_client(self) -> None:
-        if self.proto.has_output:
-            self.client.write(self.proto.take_output())
+        out = self.proto.take_output()
+        if out:
+            self.client.write(out)
 
     def _idle(self) -> bool:
         return self.proto.phase is smtp.Phase.COMMAND and self.proto.mail is None

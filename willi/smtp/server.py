@@ -137,6 +137,9 @@ class ServerProtocol:
         return len(self._lines)
 
     def take_output(self) -> bytes:
+        """The replies queued so far (b"" when none), in command order."""
+        if not self._out:
+            return b""
         out = bytes(self._out)
         self._out.clear()
         return out
