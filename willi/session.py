@@ -15,7 +15,6 @@ its replies (or has pipelined too much) it is not read either.
 
 from __future__ import annotations
 
-import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
 from willi import replies
@@ -67,7 +66,7 @@ class Session:
     __slots__ = (
         "ctx", "id", "peer", "client", "proto", "link", "dialing", "token",
         "scanner", "body_failure", "paused", "last_client", "client_timer",
-        "stall_timer", "tls_timer", "closed", "started", "client_tls",
+        "stall_timer", "tls_timer", "closed", "client_tls",
         "txn_started", "txn_sender", "txn_link", "txn_rcpts", "txn_rejected", "txn_last", "_processing",
     )
 
@@ -83,7 +82,7 @@ class Session:
         self.body_failure: bytes | None = None
         self.paused = 0
         self.closed = False
-        self.started = self.last_client = ctx.reactor.time()
+        self.last_client = ctx.reactor.time()
         self.tls_timer: Timer | None = None
         self.stall_timer: Timer | None = None
         self.client_tls: str | None = None

@@ -331,7 +331,7 @@ def test_an_upstream_closing_at_data_or_the_final_dot_gives_451_and_never_250(
 
 
 def test_an_upstream_421_after_the_final_dot_reaches_the_client_as_451(willi, ports, start_upstream):
-    upstream = start_upstream(ports.a, replies={".": b"421 4.3.2 upstream.test going down\r\n"})
+    start_upstream(ports.a, replies={".": b"421 4.3.2 upstream.test going down\r\n"})
     with SmtpRawClient(willi.host, willi.port) as client:
         start_body(client, "user@a.test", "dot-421@origin.test")
         client.send(BODY + b".\r\n")

@@ -23,7 +23,6 @@ from tests.support.net import (
     LOOPBACK_V6,
     SmtpRawClient,
     free_port,
-    port_accepts,
     wait_until,
 )
 from tests.support.upstream import ScriptableUpstream, Session
