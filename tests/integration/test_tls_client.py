@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+
+from willi import replies
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -180,9 +182,12 @@ def test_starttls_is_advertised_before_tls_and_not_after(raw, pki):
 def test_mail_right_after_the_handshake_needs_a_new_ehlo(raw, pki):
     ehlo(raw)
     assert_reply(raw.command(b"MAIL FROM:<before@example.net>"), 250, b"2.1.0")
+    # Inside a transaction STARTTLS is refused, as Postfix does ...
+    assert raw.command(b"STARTTLS").raw == replies.TRANSACTION_IN_PROGRESS
+    assert_reply(raw.command(b"RSET"), 250, b"2.0.0")
     start_tls(raw, verifying_context(pki))
-    # RFC 3207 §4.2: the session starts over; the EHLO and the open
-    # transaction of the plaintext part are both forgotten.
+    # ... and after the handshake the session starts over (RFC 3207 §4.2):
+    # the EHLO of the plaintext part is forgotten.
     assert_reply(raw.command(b"MAIL FROM:<after@example.net>"), 503, b"5.5.1")
     ehlo(raw)
     assert_reply(raw.command(b"MAIL FROM:<after@example.net>"), 250, b"2.1.0")

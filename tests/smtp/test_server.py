@@ -523,6 +523,13 @@ def test_starttls_before_ehlo_is_503() -> None:
     assert say(make(starttls=True), b"STARTTLS\r\n") == ([], replies.NEED_HELO)
 
 
+def test_starttls_inside_a_mail_transaction_is_503_and_the_transaction_stays() -> None:
+    proto = ready(starttls=True)
+    say(proto, b"MAIL FROM:<a@example.org>\r\n")
+    assert say(proto, b"STARTTLS\r\n") == ([], replies.TRANSACTION_IN_PROGRESS)
+    assert proto.mail is not None and not proto.tls_active
+
+
 def test_starttls_with_an_argument_is_501() -> None:
     assert say(ready(starttls=True), b"STARTTLS now\r\n") == ([], replies.SYNTAX_NO_ARGS)
 

@@ -344,6 +344,9 @@ class ServerProtocol:
             return self._error(replies.TLS_ALREADY_ACTIVE)
         if self.helo is None:
             return self._error(replies.NEED_HELO)
+        if self.mail is not None:
+            # Postfix's answer too: the handshake would silently drop the envelope.
+            return self._error(replies.TRANSACTION_IN_PROGRESS)
         self._out += replies.READY_FOR_TLS
         # Whatever the client pipelined after STARTTLS is plaintext that must
         # never be read as a command (CVE-2011-0411).
