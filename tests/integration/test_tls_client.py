@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
-from willi import replies
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -39,6 +37,7 @@ from tests.support.certs import Pki
 from tests.support.net import Reply, SmtpRawClient, wait_until
 from tests.support.recorder import RecordingUpstream
 from tests.support.willi_process import WilliProcess
+from willi import replies
 
 HANDSHAKE_TIMEOUT = 2.0  # WILLI_TLS_HANDSHAKE_TIMEOUT of the shared Willi
 _serial = itertools.count(1)
