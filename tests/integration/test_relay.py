@@ -488,6 +488,19 @@ def test_a_failed_target_is_still_tried_when_no_other_target_is_left(launch):
 
 
 # --- LMTP ---------------------------------------------------------------------------------------
+def test_an_lmtp_unix_socket_route_delivers_over_the_socket(launch, tmp_path):
+    path = str(tmp_path / "lmtp.sock")
+    delivered = b"250 2.0.0 <u@lmtp.example> delivered over the socket\r\n"
+    lmtp = launch.upstream(host=path, lmtp=True, replies={".": delivered})
+    willi = static_willi(launch, f"lmtp+unix:{path}")
+    with open_session(willi) as client:
+        assert deliver(client, "u@lmtp.example").raw == delivered
+        assert client.command("QUIT").code == 221
+    [message] = lmtp.wait_for_messages(1)
+    assert message.rcpt_tos == [b"u@lmtp.example"] and message.body == BODY
+    assert lmtp.sessions[0].commands[0].startswith(b"LHLO ")
+
+
 def test_an_lmtp_route_says_lhlo_and_carries_one_recipient_per_transaction(launch):
     delivered = b"250 2.1.5 <a@lmtp.example> delivered to mailbox\r\n"
     lmtp = launch.upstream(lmtp=True, replies={".": delivered})

@@ -208,15 +208,20 @@ class ScriptableUpstream:
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "ScriptableUpstream":
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.rcvbuf:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        listener.bind((self.host, self.port))
+        if self.host.startswith("/"):  # a Unix socket path (lmtp+unix: routes)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(self.host)
+        else:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.rcvbuf:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            listener.bind((self.host, self.port))
         listener.listen(128)
         listener.settimeout(0.05)
-        self.port = listener.getsockname()[1]
+        if listener.family != socket.AF_UNIX:
+            self.port = listener.getsockname()[1]
         self._listener = listener
         self._spawn(self._accept_loop)
         return self
