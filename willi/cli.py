@@ -134,16 +134,23 @@ def _supervise(config: Config, logger: Logger) -> int:
     children: dict[int, int] = {}
     stopping = False
 
+    handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
     def spawn(index: int) -> None:
+        # Blocked across the fork, so no signal reaches the child while it
+        # still has the parent's forwarding handler.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, handled)
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                for signum in handled:
                     signal.signal(signum, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
                 code = _serve_one(config, logger.bind(worker=index))
             finally:
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
@@ -155,7 +162,7 @@ def _supervise(config: Config, logger: Logger) -> int:
             except ProcessLookupError:
                 pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in handled:
         signal.signal(signum, forward)
     for index in range(config.workers):
         spawn(index)
