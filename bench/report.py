@@ -36,6 +36,17 @@ TARGETS = [
 ]
 
 
+TLS_NOTE = (
+    "STARTTLS between the client and the proxy (bench/tlsrelay.py in client mode in front of "
+    "smtp-source) and between the proxy and the sink side (tlsrelay.py in server mode in front "
+    "of smtp-sink); `direct-tls` is the two relays back to back (the ceiling with TLS on the "
+    "path). **nginx's upstream leg is plaintext** (its mail proxy has no STARTTLS towards the "
+    "backend), so nginx does one TLS side less than Willi. HAProxy cannot speak STARTTLS and is "
+    "not run. Willi: `WILLI_UPSTREAM_STARTTLS=required`, certificate verified against the "
+    "throwaway CA. \"proxy CPU\" is the proxy's own processes; \"tls relays CPU\" the two "
+    "relays together (the server relay does not run for nginx).")
+
+
 @dataclass
 class Summary:
     runs: int
@@ -88,23 +99,30 @@ def ratio(summaries: dict, wl: str, setup: str, other: str) -> str:
 def smtp_table(wl: Workload, setups: list[str], summaries: dict) -> list[str]:
     cpu_unit = "s/GB" if wl.unit == "MB/s" else "ms/msg"
     d = digits_for(wl.unit)
+    tls = " | tls relays CPU " + cpu_unit if wl.tls else ""
+    busy = "proxy+sink+source" + ("+relays" if wl.tls else "")
     lines = [
         f"| configuration | runs ok | {wl.unit} median | min – max | × nginx | × haproxy "
-        f"| proxy CPU {cpu_unit} | cores busy (proxy+sink+source) | other load on the host |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| proxy CPU {cpu_unit}{tls} | cores busy ({busy}) | other load on the host |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if wl.tls else ""),
     ]
     for setup in setups:
         s = summaries.get((wl.key, setup))
         if s is None:
             continue
         lo, hi = s.span("rate")
-        cpu = "–" if setup == "direct" else num(statistics.median(
+        cpu = "–" if setup.startswith("direct") else num(statistics.median(
             [r.cpu_per_unit for r in s.ok]) if s.ok else float("nan"), 3)
         status = f"{len(s.ok)}/{s.runs}" + ("" if len(s.ok) == s.runs else " **FAILED runs**")
+        tls_cpu = ""
+        if wl.tls:
+            per = [r.tls_cpu / (r.bytes / 1e9) if wl.unit == "MB/s" else r.tls_cpu * 1000 / r.count
+                   for r in s.ok if r.count]
+            tls_cpu = f" | {num(statistics.median(per) if per else float('nan'), 3)}"
         lines.append(
             f"| {setup} | {status} | {num(s.median('rate'), d)} | {num(lo, d)} – {num(hi, d)} "
             f"| {ratio(summaries, wl.key, setup, 'nginx')} | {ratio(summaries, wl.key, setup, 'haproxy')} "
-            f"| {cpu} | {pct(s.median('busy_procs'))} | {pct(s.median_all('busy_other'))} |"
+            f"| {cpu}{tls_cpu} | {pct(s.median('busy_procs'))} | {pct(s.median_all('busy_other'))} |"
         )
     return lines
 
@@ -159,13 +177,14 @@ def targets_table(summaries: dict, willi: str) -> list[str]:
 # --- the file ----------------------------------------------------------------------
 def runs_table(results: list[Result]) -> list[str]:
     lines = ["| # | workload | configuration | result | rate | proxy CPU s | sink CPU s "
-             "| source CPU s | wall s | other load | proxy peak RSS MB | warnings logged |",
-             "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| source CPU s | tls relays CPU s | wall s | other load | proxy peak RSS MB | warnings logged |",
+             "| ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for i, r in enumerate(results, 1):
         verdict = "ok" if r.ok else f"**FAILED**: {r.error}".replace("|", "\\|")[:300]
         lines.append(
             f"| {i} | {r.workload} | {r.setup} | {verdict} | {num(r.rate, digits_for(r.unit))} {r.unit} "
-            f"| {r.proxy_cpu:.2f} | {r.sink_cpu:.2f} | {r.source_cpu:.2f} | {r.wall:.2f} "
+            f"| {r.proxy_cpu:.2f} | {r.sink_cpu:.2f} | {r.source_cpu:.2f} "
+            f"| {num(r.tls_cpu, 2) if r.tls_cpu else '–'} | {r.wall:.2f} "
             f"| {pct(r.busy_other) if r.unit != 'kB/session' else '–'} "
             f"| {num(r.hwm_kb / 1024, 1)} | {r.log_problems} |"
         )
@@ -237,9 +256,13 @@ def render(meta: dict, workloads: list[Workload], setups: list[str], results: li
             continue
         count = next((r.count for r in results if r.workload == wl.key), 0)
         out += [f"{count:,} {'idle sessions' if wl.kind == 'idle' else 'messages'} per run.", ""]
-        out += (smtp_table if wl.kind == "smtp" else idle_table)(wl, setups, summaries)
+        present = list(dict.fromkeys(r.setup for r in results if r.workload == wl.key))
+        if wl.tls and wl is next(w for w in workloads if w.tls):
+            out += [TLS_NOTE, ""]
+        out += (smtp_table if wl.kind == "smtp" else idle_table)(wl, present, summaries)
         out.append("")
     out += ["## Targets", "", *targets_table(summaries, willi), "",
+            "W5 (TLS) has no target in the issue; it is reported above only.", "",
             "## Failed runs and warnings", "", *problems(results), "",
             "<details><summary>Every run, in the order run</summary>", "",
             *runs_table(results), "", "</details>", "",

@@ -93,6 +93,13 @@ def pick_workloads(text: str) -> list[Workload]:
     return chosen
 
 
+def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
+    """The configurations a workload runs: W4 has no `direct`, W5 its TLS variants."""
+    if wl.tls:
+        return [setups.TLS_NAMES[s] for s in chosen if s in setups.TLS_NAMES]
+    return [s for s in chosen if not (wl.kind == "idle" and s == "direct")]
+
+
 def pick_setups(text: str) -> list[str]:
     chosen = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in setups.SETUPS]
@@ -108,23 +115,33 @@ def run_one(registry: Registry, wl: Workload, setup: str, number: int, opts: set
     rundir.mkdir()
     res = Result(wl.key, setup, number, unit=wl.unit)
     sink = running = None
+    helpers: list[procs.Proc] = []
     try:
         sink, sink_port, res.commands["sink"] = setups.start_sink(registry, rundir)
-        running = setups.SETUPS[setup](registry, rundir, sink_port, opts)
+        if wl.tls:
+            running = tls_setup(registry, wl, setup, rundir, sink_port, opts, res, helpers)
+        else:
+            running = setups.SETUPS[setup](registry, rundir, sink_port, opts)
         res.commands["proxy"] = running.command
         res.commands.update(running.files)
         if wl.kind == "smtp":
-            workloads.measure_smtp(registry, wl, running, sink, res, args.scale, args.timeout, rundir)
+            workloads.measure_smtp(registry, wl, running, sink, res, args.scale, args.timeout, rundir,
+                                   port=res_port(res, running), helpers=helpers)
         else:
             workloads.measure_idle(registry, wl, running, sink, res, args.scale, args.timeout,
                                    rundir, opts.python)
         if running.proc is not None and not running.proc.alive():
             res.ok, res.error = False, (res.error or "") + f" the proxy died:\n{running.proc.log_tail()}"
+        for helper in helpers:
+            if not helper.alive():
+                res.ok, res.error = False, (res.error or "") + f" {helper.name} died:\n{helper.log_tail()}"
     except RuntimeError as exc:
         res.ok, res.error = False, str(exc)
     finally:
         if running is not None and running.proc is not None:
             registry.stop(running.proc)
+        for helper in helpers:
+            registry.stop(helper)
         if sink is not None:
             registry.stop(sink)
     if running is not None:
@@ -136,9 +153,33 @@ def run_one(registry: Registry, wl: Workload, setup: str, number: int, opts: set
     return res
 
 
+def tls_setup(registry: Registry, wl: Workload, setup: str, rundir: Path, sink_port: int,
+              opts: setups.Options, res: Result, helpers: list) -> setups.Running:
+    """W5: sink <- server relay (STARTTLS) <- proxy (STARTTLS both ways) <- client relay.
+
+    nginx's mail proxy has no STARTTLS towards its backend, so it gets the plain sink
+    and only the client side is TLS for it. `direct-tls` is the two relays back to back.
+    """
+    upstream = sink_port
+    if setup != "nginx":
+        proc, upstream, res.commands["tls server relay"] = setups.start_tls_relay(
+            registry, rundir, "server", sink_port, opts)
+        helpers.append(proc)
+    running = setups.start_tls_setup(setup, registry, rundir, upstream, opts)
+    proc, port, res.commands["tls client relay"] = setups.start_tls_relay(
+        registry, rundir, "client", running.port, opts)
+    helpers.append(proc)
+    res.commands["load port"] = str(port)
+    return running
+
+
+def res_port(res: Result, running: setups.Running) -> int:
+    return int(res.commands.pop("load port", running.port))
+
+
 def progress(i: int, total: int, res: Result) -> None:
     if res.ok:
-        cpu = "" if res.setup == "direct" or res.unit == "kB/session" else (
+        cpu = "" if res.setup.startswith("direct") or res.unit == "kB/session" else (
             f", proxy CPU {res.cpu_per_unit:.3f} {'s/GB' if res.unit == 'MB/s' else 'ms/msg'}")
         detail = f"{res.rate:,.2f} {res.unit}{cpu}, {res.wall:.1f}s"
     else:
@@ -171,6 +212,9 @@ def facts(args: argparse.Namespace, chosen: list[str]) -> dict[str, str]:
         "postfix (smtp-source, smtp-sink)": first_line([procs.tool("postconf"), "-d", "mail_version"]),
         "willi": first_line([args.python, str(setups.REPO / "willi.py"), "--version"])
                  + " at " + first_line(["git", "-C", str(setups.REPO), "describe", "--always", "--dirty"]),
+        "tls (W5)": first_line([procs.tool("openssl"), "version"]) + "; bench/tlsrelay.py on "
+                    + first_line([args.python, "-c", "import ssl, sys; print(sys.version.split()[0], "
+                                  "ssl.OPENSSL_VERSION)"]),
         "runs": f"{args.runs} of each configuration, alternated run by run "
                 f"({' '.join(chosen)} {' '.join(chosen)} ...)",
         "scale": f"BENCH_SCALE={args.scale:g}" + ("" if args.scale == 1 else " (NOT the full counts)"),
@@ -183,8 +227,8 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
            args: argparse.Namespace) -> list[str]:
     out = [
         "How to run it: `make bench` (installs Postfix's smtp-source/smtp-sink, haproxy, nginx "
-        "and libnginx-mod-mail when missing, then runs `python bench/run.py`; about 8 "
-        "minutes on a 2-core machine). A quick check: `BENCH_SCALE=0.05 make bench` (does not rewrite this file "
+        "and libnginx-mod-mail (and openssl, for W5's certificates) when missing, then runs "
+        "`python bench/run.py`; about 8 minutes on a 2-core machine, W5 included). A quick check: `BENCH_SCALE=0.05 make bench` (does not rewrite this file "
         "unless `BENCH_ARGS=--write`). One configuration and workload, e.g. to profile: "
         "`.venv/bin/python bench/run.py --only willi --workload W1 --runs 1 "
         "--willi-cmd 'py-spy record -o w1.svg -- {python} {willi} --config {config}'`. "
@@ -228,6 +272,29 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         "and Willi answer both themselves. `direct` has no proxy and is not run. Summing "
         "VmRSS counts pages shared by several processes more than once; the difference "
         "before/after does not.",
+        "- W5 (STARTTLS on both sides): smtp-source and smtp-sink speak no TLS, so "
+        "bench/tlsrelay.py (asyncio + the ssl module, one process per side) sits at each end: "
+        "in client mode in front of smtp-source (it passes the proxy's greeting on, sends EHLO "
+        "and STARTTLS, verifies the certificate against the CA, then copies bytes, so "
+        "smtp-source's EHLO and transaction travel inside TLS) and in server mode in front of "
+        "smtp-sink (it greets, offers STARTTLS, and after the handshake connects the sink, "
+        "swallows its greeting and copies bytes). Configurations: `direct-tls` (client relay → "
+        "server relay → sink), `willi` (client relay → Willi with `WILLI_TLS_CERT`/`_KEY` → "
+        "`WILLI_UPSTREAM_STARTTLS=required`, verified with `WILLI_UPSTREAM_TLS_CA` → server "
+        "relay → sink), `nginx` (client relay → nginx `starttls on` → the plain sink: nginx's "
+        "mail proxy speaks plaintext to its backend, so it does one TLS side less). HAProxy "
+        "is not run: it cannot speak STARTTLS. W5-W1 runs 5,000 messages and W5-W3 32 (not "
+        "W1's 20,000 and W3's 100) to keep the whole benchmark near 8 minutes: every W5-W1 "
+        "message costs a full TLS handshake (no session resumption) in the client relay and "
+        "the proxy, and in the server relay too for `direct-tls` (Willi reuses its upstream "
+        "connections, `WILLI_UPSTREAM_POOL_IDLE`). Certificates: a throwaway ECDSA P-256 CA "
+        "and server certificate (CN and SAN localhost, SAN IP 127.0.0.1) made with the "
+        "openssl CLI in the run's temporary directory and removed with it; no key material "
+        "is in the repository. Why not stunnel (the first choice): stunnel 5.68's server "
+        "mode with `protocol = smtp` waits 200 ms on every connection to see whether the "
+        "client speaks first (its RFC 2487 detection; 5 sequential messages took 1.08 s), "
+        "which caps a 50-session connection-per-message load at 250 msg/s, and its thread per "
+        "connection cost about 7 ms of CPU per connection on this VM (tlsrelay.py: about 2 ms).",
         f"- Every process runs with RLIMIT_NOFILE raised to the hard limit "
         f"({procs.raise_nofile():,}); it bounds W4 (HAProxy holds two sockets per session).",
         "",
@@ -238,16 +305,20 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
     for res in results:
         for key in ("sink", "load"):
             tag = f"{key}:{res.workload}" if key == "load" else key
-            if key in res.commands and tag not in seen and (key == "sink" or res.setup == "direct"
+            if key in res.commands and tag not in seen and (key == "sink" or res.setup.startswith("direct")
                                                             or res.workload.startswith("W4")):
                 seen.add(tag)
                 label = "smtp-sink" if key == "sink" else f"{res.workload} load"
                 out.append(f"- {label}: `{res.commands[key]}`")
+    if opts.certs is not None:
+        out.append("- W5 certificates: " + "; ".join(f"`{c}`" for c in opts.certs.commands))
     for res in results:
-        if res.setup in seen or "proxy" not in res.commands:
+        name = res.setup + (" (W5, TLS)" if res.workload.startswith("W5") and res.setup != "direct-tls"
+                            else "")
+        if name in seen or "proxy" not in res.commands:
             continue
-        seen.add(res.setup)
-        out.append(f"- {res.setup}: `{res.commands['proxy']}`")
+        seen.add(name)
+        out.append(f"- {name}: `{res.commands['proxy']}`")
         for name, text in res.commands.items():
             if name not in ("sink", "load", "proxy"):
                 out += ["", f"  <details><summary>{name}</summary>", "", "  ```",
@@ -272,8 +343,10 @@ def main(argv: list[str]) -> int:
             and args.scale == 1 and args.runs >= 3)
     write = full if args.write is None else args.write
     plan = [(wl, n, s) for wl in wls if wl.kind != "skip" for n in range(1, args.runs + 1)
-            for s in chosen if not (wl.kind == "idle" and s == "direct")]
+            for s in setups_for(wl, chosen)]
     tmp = Path(tempfile.mkdtemp(prefix="willi-bench-"))
+    if any(wl.tls for wl in wls):  # a throwaway CA and key, removed with tmp
+        opts.certs = setups.make_certs(tmp / "tls")
     registry, results = Registry(), []
     begin, started = time.monotonic(), datetime.datetime.now().astimezone()
     interrupted = False

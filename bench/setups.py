@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Options:
     nginx_workers: str = "1"
     haproxy_threads: int = 1
     max_sessions: int = 9000
+    certs: "Certs | None" = None  # W5: made once per benchmark by make_certs
 
 
 @dataclass
@@ -99,6 +101,57 @@ def wait_ready(name: str, port: int, proc: Proc | None, seconds: float = 15.0) -
     raise RuntimeError(f"{name} did not greet on 127.0.0.1:{port} within {seconds:.0f}s\n{tail}")
 
 
+# --- W5: certificates and the STARTTLS relays ---------------------------------
+@dataclass
+class Certs:
+    """A throwaway CA and one server certificate (CN localhost, SAN localhost and
+    127.0.0.1), made with the openssl CLI in the benchmark's temporary directory."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    commands: list[str]
+
+
+def make_certs(directory: Path) -> Certs:
+    directory.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = directory / "ca.pem", directory / "ca.key"
+    cert, key, csr = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    ext = directory / "server.ext"
+    ext.write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                   "keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n")
+    openssl = tool("openssl")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    steps = [
+        [openssl, "req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-days", "2",
+         "-subj", "/CN=Willi bench throwaway CA"],
+        [openssl, "req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost"],
+        [openssl, "x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+         "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(ext)],
+    ]
+    for argv in steps:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: {shlex.join(argv)} failed:\n{done.stderr}")
+    return Certs(ca, cert, key, [shlex.join(argv) for argv in steps])
+
+
+def start_tls_relay(registry: Registry, rundir: Path, mode: str, target: int,
+                    opts: Options) -> tuple[Proc, int, str]:
+    """bench/tlsrelay.py: `client` (plain in, STARTTLS out) or `server` (STARTTLS in,
+    plain out to the sink); ready once it greets."""
+    assert opts.certs is not None
+    port = free_port()
+    argv = [opts.python, str(BENCH / "tlsrelay.py"), mode, str(port), str(target)]
+    if mode == "client":
+        argv += ["--ca", str(opts.certs.ca), "--name", "localhost"]
+    else:
+        argv += ["--cert", str(opts.certs.cert), "--key", str(opts.certs.key)]
+    proc = registry.start(f"tlsrelay-{mode}", argv, rundir / f"tlsrelay-{mode}.log")
+    wait_ready(f"tlsrelay {mode}", port, proc)
+    return proc, port, shlex.join(argv)
+
+
 # --- the sink -------------------------------------------------------------------
 def sink_argv(port: int) -> list[str]:
     argv = [tool("smtp-sink"), "-c", "-m", "12000", "-h", "sink.bench.test"]
@@ -143,10 +196,17 @@ def start_haproxy(registry: Registry, rundir: Path, sink_port: int, opts: Option
     return Running("haproxy", port, proc, shlex.join(argv), {"haproxy.cfg": text})
 
 
-def start_nginx(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+def start_nginx(registry: Registry, rundir: Path, sink_port: int, opts: Options,
+                tls: bool = False) -> Running:
     port, auth_port = free_port(), free_port()
     cfg = rundir / "nginx.conf"
+    mail_tls = "# no STARTTLS (W5 puts it here)"
+    if tls:  # W5: STARTTLS towards the client; nginx's mail proxy speaks plaintext upstream
+        assert opts.certs is not None
+        mail_tls = (f"starttls on;\n        ssl_certificate {opts.certs.cert};\n"
+                    f"        ssl_certificate_key {opts.certs.key};")
     text = render("nginx.conf", cfg, {
+        "MAIL_TLS": mail_tls,
         "PORT": port, "AUTH_PORT": auth_port, "SINK_PORT": sink_port, "DIR": rundir,
         "MODULE": NGINX_MAIL_MODULE, "WORKERS": opts.nginx_workers,
         "CONNECTIONS": opts.max_sessions + 900, "NOFILE": opts.max_sessions + 1000,
@@ -192,6 +252,31 @@ SETUPS = {
     "willi-w2": start_willi_w2,
 }
 DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi"]
+
+# W5 (STARTTLS on both sides): what each chosen configuration becomes. HAProxy
+# cannot speak STARTTLS (it only terminates TLS from the first byte), so it is
+# not run; `direct` becomes `direct-tls`, the two relays back to back.
+TLS_NAMES = {"direct": "direct-tls", "nginx": "nginx", "willi": "willi", "willi-w2": "willi-w2"}
+
+
+def tls_willi_env(opts: Options) -> dict[str, str]:
+    assert opts.certs is not None
+    return {"WILLI_TLS_CERT": str(opts.certs.cert), "WILLI_TLS_KEY": str(opts.certs.key),
+            "WILLI_UPSTREAM_STARTTLS": "required", "WILLI_UPSTREAM_TLS_CA": str(opts.certs.ca)}
+
+
+def start_tls_setup(name: str, registry: Registry, rundir: Path, upstream_port: int,
+                    opts: Options) -> Running:
+    """A W5 configuration; upstream_port is the server relay's (plain sink's for nginx)."""
+    if name == "direct-tls":
+        return Running(name, upstream_port, None,
+                       "(none: the client relay talks STARTTLS to the server relay)")
+    if name == "nginx":
+        return start_nginx(registry, rundir, upstream_port, opts, tls=True)
+    extra = tls_willi_env(opts)
+    if name == "willi-w2":
+        extra["WILLI_WORKERS"] = "2"
+    return start_willi(registry, rundir, upstream_port, opts, extra, name)
 
 
 def log_problems(running: Running, limit: int = 8) -> tuple[int, list[str]]:

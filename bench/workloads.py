@@ -48,6 +48,7 @@ class Workload:
     lane_sessions: int = 0  # W2: sessions per smtp-source process
     idle: int = 0  # W4: idle sessions at BENCH_SCALE=1
     reason: str = ""  # why a "skip" workload is skipped
+    tls: bool = False  # W5: STARTTLS on both sides (bench/tlsrelay.py at each end)
 
     @property
     def unit(self) -> str:
@@ -73,11 +74,12 @@ WORKLOADS = [
              "idle", idle=2000),
     Workload("W4-9000", "9,000 idle sessions (greeting + EHLO, then idle): proxy memory per session",
              "idle", idle=9000),
-    Workload("W5", "W1 and W3 with STARTTLS on both sides", "skip",
-             reason="it needs a TLS-capable sink (Postfix smtpd, or smtp-sink "
-                    "behind stunnel) and certificates for nginx and Willi; the lead decides the "
-                    "sink. The driver is ready for it: a workload of kind \"tls\" with its own "
-                    "sink and proxy templates."),
+    Workload("W5-W1", "W1 with STARTTLS on both sides: 2 KB messages, 50 parallel sessions, "
+             "a new connection (and TLS handshake) per message", "smtp", size=2000, sessions=50,
+             messages=5000, tls=True),
+    Workload("W5-W3", "W3 with STARTTLS on both sides: 10 MiB messages, 4 parallel sessions, "
+             "a new connection per message", "smtp", size=10 * 1024 * 1024, sessions=4,
+             messages=32, tls=True),
 ]
 
 
@@ -96,6 +98,7 @@ class Result:
     proxy_cpu: float = 0.0
     sink_cpu: float = 0.0
     source_cpu: float = 0.0
+    tls_cpu: float = 0.0  # W5: the tlsrelay processes at both ends (not the proxy's)
     busy_procs: float = 0.0  # share of all cores: (proxy+sink+source CPU) / wall / cores
     busy_host: float = 0.0  # share of all cores from /proc/stat
     rss_before_kb: int = 0
@@ -189,21 +192,26 @@ def wait_sink(sink: Proc, expected: int, seconds: float = 5.0) -> int:
 
 
 def measure_smtp(registry: Registry, wl: Workload, running: setups.Running, sink: Proc,
-                 res: Result, scale: float, timeout: float, rundir: Path) -> None:
+                 res: Result, scale: float, timeout: float, rundir: Path,
+                 port: int | None = None, helpers: list[Proc] | None = None) -> None:
+    """The load against `port` (the proxy's, or W5's client-side tlsrelay in front of it)."""
     res.count = wl.count(scale)
     res.bytes = res.count * wl.size
-    lanes = plan(wl, running.port, res.count)
+    helpers = helpers or []
+    lanes = plan(wl, port or running.port, res.count)
     res.commands["load"] = (f"{len(lanes)} lane(s) side by side, each {len(lanes[0])}x: "
                             if len(lanes) > 1 or len(lanes[0]) > 1 else "") + shlex.join(lanes[0][0])
     cpu0, sink0, host0 = running.cpu(), sink.cpu(), procs.host_cpu()
+    tls0 = sum(h.cpu() for h in helpers)
     start = time.monotonic()
     error, res.source_cpu = run_lanes(registry, lanes, rundir / "source.log", start + timeout)
     res.wall = time.monotonic() - start
     res.proxy_cpu, res.sink_cpu = running.cpu() - cpu0, sink.cpu() - sink0
+    res.tls_cpu = sum(h.cpu() for h in helpers) - tls0
     host1 = procs.host_cpu()
     res.sink_count = wait_sink(sink, res.count if not error else 0, 5.0 if not error else 0.5)
     cores = os.cpu_count() or 1
-    res.busy_procs = (res.proxy_cpu + res.sink_cpu + res.source_cpu) / res.wall / cores
+    res.busy_procs = (res.proxy_cpu + res.sink_cpu + res.source_cpu + res.tls_cpu) / res.wall / cores
     res.busy_host = (host1[0] - host0[0]) / max(1, host1[1] - host0[1])
     res.hwm_kb = procs.status_kb(running.pids(), "VmHWM")
     if not error and res.sink_count != res.count:
