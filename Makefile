@@ -11,7 +11,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 run: $(VENV)/.deps
 	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
-	@echo "  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', 2525).sendmail('a@b.example', ['user@example.org'], 'Subject: hi\\r\\n\\r\\nhello\\r\\n')\""
+	@printf '%s\n' "  python3 -c \"import smtplib; smtplib.SMTP('127.0.0.1', 2525).sendmail('a@b.example', ['user@example.org'], 'Subject: hi\\r\\n\\r\\nhello\\r\\n')\""
 	@$(PY) examples/demo_upstream.py 2526 & demo=$$!; \
 	trap 'kill $$demo 2>/dev/null' EXIT INT TERM; \
 	$(PY) willi.py --config willi.env.example

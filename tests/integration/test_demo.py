@@ -140,3 +140,15 @@ def test_the_message_make_run_suggests_reaches_the_demo_upstream_through_willi(
     assert "Subject: hi\n\nhello" in shown.replace("\r\n", "\n")
     log = willi_out.read_text()
     assert re.search(r"event=transaction .*rcpts=user@example.org .*result=250", log), log
+
+
+def test_the_hint_make_run_prints_is_the_readme_command_on_one_line() -> None:
+    """The hint is printed, not run: `make -n` shows the printf, so run just that line."""
+    recipe = subprocess.run(["make", "-s", "-n", "run"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=30, check=True).stdout
+    [hint_line] = [line for line in recipe.splitlines() if line.startswith("printf")]
+    printed = subprocess.run(["sh", "-c", hint_line], capture_output=True, text=True, timeout=10,
+                             check=True).stdout.strip()
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert printed.startswith('python3 -c "import smtplib;') and "\n" not in printed
+    assert printed in readme
