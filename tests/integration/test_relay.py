@@ -15,7 +15,7 @@ import pytest
 from willi import replies
 from tests.support.net import Reply, SmtpRawClient, free_port, wait_until
 from tests.support.upstream import DEFAULT_CAPABILITIES, Delay, Session
-from tests.support.willi_process import WilliProcess
+from tests.support.willi_process import WilliProcess, open_session
 
 SENDER = "sender@origin.test"
 BODY = b"Subject: relay\r\n\r\nhello\r\n"
@@ -33,16 +33,6 @@ def static_willi(launch, server: str, **env: str) -> WilliProcess:
     return launch.willi({"WILLI_MAPPING_1": f"static:{server}", **env})
 
 
-def open_session(willi: WilliProcess) -> SmtpRawClient:
-    """Connected, greeted, EHLO said."""
-    client = SmtpRawClient(willi.host, willi.port, timeout=5.0)
-    try:
-        assert client.read_reply().code == 220
-        assert client.command("EHLO client.test").code == 250
-    except BaseException:
-        client.close()
-        raise
-    return client
 
 
 def mail(client: SmtpRawClient, sender: str = SENDER) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import Reply, SmtpRawClient, wait_until
+from tests.support.net import Reply, wait_until
 from tests.support.upstream import ScriptableUpstream
-from tests.support.willi_process import WilliProcess
+from tests.support.willi_process import WilliProcess, open_session
 
 NAMES = ("A", "B", "C", "D", "E", "F")
 WILLI_HOSTNAME = "willi.test"
@@ -57,16 +57,6 @@ def willi(module_launch, upstreams: dict[str, ScriptableUpstream]) -> WilliProce
 
 
 # --- a raw client -------------------------------------------------------------
-def open_session(willi: WilliProcess) -> SmtpRawClient:
-    """Connected, greeted, EHLO said."""
-    client = SmtpRawClient(willi.host, willi.port, timeout=5.0)
-    try:
-        assert client.read_reply().code == 220
-        assert client.command("EHLO client.test").code == 250
-    except BaseException:
-        client.close()
-        raise
-    return client
 
 
 def rcpt_reply(willi: WilliProcess, path: str) -> Reply:

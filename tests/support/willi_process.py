@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .net import wait_until
+from .net import SmtpRawClient, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WILLI_SCRIPT = REPO_ROOT / "willi.py"
@@ -289,3 +289,15 @@ def _vmrss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def open_session(willi: "WilliProcess") -> SmtpRawClient:
+    """A raw client connected to Willi, greeted, EHLO said."""
+    client = SmtpRawClient(willi.host, willi.port, timeout=5.0)
+    try:
+        assert client.read_reply().code == 220
+        assert client.command("EHLO client.test").code == 250
+    except BaseException:
+        client.close()
+        raise
+    return client
