@@ -205,3 +205,29 @@ class SmtpRawClient:
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
+
+
+class LoopbackServer:
+    """What every test server shares: `with` starts and stops it, and
+    `address` is its `host:port` written as a Willi route."""
+
+    host: str
+    port: int
+
+    def start(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def stop(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        """`host:port` as a Willi route (`[::1]:port` for IPv6)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

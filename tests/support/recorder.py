@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from .net import LOOPBACK_V4, free_port, wait_until
+from .net import LOOPBACK_V4, LoopbackServer, free_port, wait_until
 
 
 @dataclass
@@ -55,7 +55,7 @@ class _Handler:
         return self.owner.data_reply
 
 
-class RecordingUpstream:
+class RecordingUpstream(LoopbackServer):
     """aiosmtpd `Controller` on 127.0.0.1:<free port> that keeps envelopes."""
 
     def __init__(
@@ -102,16 +102,7 @@ class RecordingUpstream:
             self._started = False
             self.controller.stop()
 
-    def __enter__(self) -> "RecordingUpstream":
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
     def wait_for_messages(self, n: int, timeout: float = 10.0) -> list[RecordedMessage]:
         wait_until(lambda: len(self.messages) >= n, timeout, message=f"{n} recorded messages")

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Union
 
-from .net import LOOPBACK_V4, wait_until
+from .net import LOOPBACK_V4, LoopbackServer, wait_until
 
 DEFAULT_CAPABILITIES = (
     "PIPELINING",
@@ -155,7 +155,7 @@ def _split_path(arg: bytes, keyword: bytes) -> tuple[bytes, list[bytes]]:
     return path, options.split()
 
 
-class ScriptableUpstream:
+class ScriptableUpstream(LoopbackServer):
     """Thread-per-connection ESMTP server on loopback; see module docstring."""
 
     def __init__(
@@ -243,17 +243,7 @@ class ScriptableUpstream:
         if alive:
             raise AssertionError(f"upstream threads did not stop: {alive}")
 
-    def __enter__(self) -> "ScriptableUpstream":
-        return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def address(self) -> str:
-        """`host:port` as a Willi route (`[::1]:port` for IPv6)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
 
     # -- waiting ---------------------------------------------------------
     def wait_for_messages(self, n: int, timeout: float = 10.0) -> list[ReceivedMessage]:
