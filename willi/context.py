@@ -17,7 +17,7 @@ from willi.log import Logger
 from willi.reactor import Reactor
 from willi.routing.router import Router
 from willi.smtp.server import ServerSettings
-from willi.upstream_link import Dialer
+from willi.upstream import Dialer
 from willi.workers import PoolFull, WorkerPool
 
 
