@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from typing import NamedTuple
 
 Endpoint = tuple[str, int]
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -82,3 +83,132 @@ def encode_v2(src: Endpoint, dst: Endpoint) -> bytes:
     family = _V2_TCP4 if a.version == 4 else _V2_TCP6
     body = a.packed + b.packed + struct.pack("!HH", src[1], dst[1])
     return V2_SIGNATURE + struct.pack("!BBH", _V2_PROXY, family, len(body)) + body
+
+
+# --- the reader ------------------------------------------------------------------
+class ProxyHeaderError(ValueError):
+    """The bytes are not a PROXY header Willi accepts: close without a greeting."""
+
+
+class ProxyHeader(NamedTuple):
+    """A complete header. `source`/`destination` are None for LOCAL and
+    UNKNOWN (and for v2 families other than TCP over IP): keep the real peer."""
+
+    version: int
+    source: Endpoint | None
+    destination: Endpoint | None
+    trailing: bytes
+
+
+class ProxyHeaderParser:
+    """Incremental: `feed` bytes until it returns a header or raises.
+
+    The version is decided by the first byte (`P` for v1, CR for v2) and each
+    further byte is checked against the signature as it comes, so garbage is
+    refused at once instead of after a timeout. After a result or an error
+    the parser is spent; feeding it again raises.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._done = False
+
+    def feed(self, data: bytes) -> ProxyHeader | None:
+        if self._done:
+            raise ProxyHeaderError("parser already finished")
+        try:
+            result = self._feed(data)
+        except ProxyHeaderError:
+            self._done = True
+            raise
+        if result is not None:
+            self._done = True
+        return result
+
+    def _feed(self, data: bytes) -> ProxyHeader | None:
+        start = len(self._buffer)
+        self._buffer += data
+        head = bytes(self._buffer[:len(V2_SIGNATURE)])
+        if head[:1] == b"P":
+            if not V1_PREFIX.startswith(head[:len(V1_PREFIX)]):
+                raise ProxyHeaderError("not a PROXY header")
+            return self._v1(start)
+        if not V2_SIGNATURE.startswith(head):
+            raise ProxyHeaderError("not a PROXY header")
+        return self._v2()
+
+    def _v1(self, start: int) -> ProxyHeader | None:
+        end = self._buffer.find(b"\r\n", max(0, start - 1))
+        if end == -1:
+            if len(self._buffer) >= V1_MAX_LENGTH:
+                raise ProxyHeaderError("PROXY v1 header longer than 107 bytes")
+            return None
+        if end + 2 > V1_MAX_LENGTH:
+            raise ProxyHeaderError("PROXY v1 header longer than 107 bytes")
+        line, trailing = bytes(self._buffer[:end]), bytes(self._buffer[end + 2:])
+        source, destination = _v1_addresses(line)
+        return ProxyHeader(1, source, destination, trailing)
+
+    def _v2(self) -> ProxyHeader | None:
+        if len(self._buffer) < V2_HEADER_LENGTH:
+            return None
+        command, family, length = struct.unpack_from("!BBH", self._buffer, 12)
+        if command >> 4 != 2 or command & 0x0F > 1:
+            raise ProxyHeaderError(f"PROXY v2 bad version/command 0x{command:02x}")
+        if family >> 4 > 3 or family & 0x0F > 2:
+            raise ProxyHeaderError(f"PROXY v2 bad family/protocol 0x{family:02x}")
+        if V2_HEADER_LENGTH + length > V2_MAX_LENGTH:
+            raise ProxyHeaderError(f"PROXY v2 header of {V2_HEADER_LENGTH + length} bytes is over {V2_MAX_LENGTH}")
+        total = V2_HEADER_LENGTH + length
+        if len(self._buffer) < total:
+            return None
+        body, trailing = bytes(self._buffer[V2_HEADER_LENGTH:total]), bytes(self._buffer[total:])
+        if command == _V2_LOCAL or family not in (_V2_TCP4, _V2_TCP6):
+            return ProxyHeader(2, None, None, trailing)  # health check, UNSPEC, UNIX or UDP
+        return ProxyHeader(2, *_v2_addresses(family, body), trailing)
+
+
+def _v1_addresses(line: bytes) -> tuple[Endpoint | None, Endpoint | None]:
+    """`PROXY TCP4|TCP6 src dst sport dport`, single spaces; `PROXY UNKNOWN ...`."""
+    try:
+        text = line.decode("ascii")
+    except UnicodeDecodeError:
+        raise ProxyHeaderError("PROXY v1 header is not ASCII") from None
+    fields = text.split(" ")
+    if len(fields) >= 2 and fields[1] == "UNKNOWN":
+        return None, None
+    if len(fields) != 6 or fields[1] not in ("TCP4", "TCP6"):
+        raise ProxyHeaderError("PROXY v1 header malformed")
+    version = 4 if fields[1] == "TCP4" else 6
+    src, dst = (_v1_ip(field, version) for field in fields[2:4])
+    sport, dport = (_v1_port(field) for field in fields[4:6])
+    return (src, sport), (dst, dport)
+
+
+def _v1_ip(field: str, version: int) -> str:
+    try:
+        parsed = ipaddress.ip_address(field)
+    except ValueError:
+        raise ProxyHeaderError("PROXY v1 bad address") from None
+    if parsed.version != version:
+        raise ProxyHeaderError("PROXY v1 address of the wrong family")
+    return str(_address(field))  # a mapped IPv4 in TCP6 is the IPv4 client it is
+
+
+def _v1_port(field: str) -> int:
+    if not field.isdigit() or not field.isascii() or len(field) > 5 or (len(field) > 1 and field[0] == "0"):
+        raise ProxyHeaderError("PROXY v1 bad port")
+    port = int(field)
+    if port > 65535:
+        raise ProxyHeaderError("PROXY v1 bad port")
+    return port
+
+
+def _v2_addresses(family: int, body: bytes) -> tuple[Endpoint, Endpoint]:
+    size = 4 if family == _V2_TCP4 else 16
+    if len(body) < 2 * size + 4:
+        raise ProxyHeaderError("PROXY v2 address block too short")
+    make = ipaddress.IPv4Address if size == 4 else ipaddress.IPv6Address
+    src, dst = make(body[:size]), make(body[size:2 * size])
+    sport, dport = struct.unpack_from("!HH", body, 2 * size)
+    return (str(_address(str(src))), sport), (str(_address(str(dst))), dport)
