@@ -69,6 +69,7 @@ class Session:
         "scanner", "body_failure", "paused", "last_client", "client_timer",
         "stall_timer", "tls_timer", "closed", "client_tls",
         "txn_started", "txn_sender", "txn_link", "txn_rcpts", "txn_rejected", "txn_last", "_processing",
+        "upstream_txn",
     )
 
     def __init__(self, ctx: "Context", sock: Any, peer: tuple[str, int]) -> None:
@@ -94,6 +95,7 @@ class Session:
         self.txn_rejected = 0
         self.txn_last = b""
         self._processing = False
+        self.upstream_txn = False  # MAIL FROM accepted on self.link, not yet finished
         self.client = Connection.accepted(ctx.reactor, sock, self)
         self.client_timer = ctx.reactor.call_later(ctx.client_timeout, self._client_timer_fired)
         self.proto.greet()
@@ -226,7 +228,7 @@ class Session:
                 self._send_rcpt(link, address)
             return
         if link is not None and not link.closed and link.route == route:
-            if link.in_transaction:
+            if self.upstream_txn:
                 self._send_rcpt(link, address)
             else:
                 self._send_envelope(link, address, fresh=False)
@@ -236,7 +238,11 @@ class Session:
 
     def _dial(self, route: Any, address: Address) -> None:
         token = self._next_token()
-        client = ClientInfo(self.peer[0], self.peer[1], self.proto.helo, self.proto.esmtp)
+        try:
+            local = self.client.sock.getsockname()[:2]  # a PROXY header's destination
+        except OSError:
+            local = (None, 0)
+        client = ClientInfo(self.peer[0], self.peer[1], self.proto.helo, self.proto.esmtp, local[0], local[1])
 
         def done(link: UpstreamLink | None, why: str) -> None:
             self.dialing = None
@@ -255,9 +261,8 @@ class Session:
 
     def _adopt(self, link: UpstreamLink) -> None:
         self.link = link
-        link.on_idle_lost = self._link_lost
-        link.on_pause = self._upstream_full
-        link.on_resume = self._upstream_drained
+        self.upstream_txn = False
+        link.attach(self)
 
     def _send_envelope(self, link: UpstreamLink, address: Address, fresh: bool) -> None:
         """MAIL FROM then RCPT TO, pipelined when the upstream allows it."""
@@ -275,7 +280,7 @@ class Session:
         def on_mail(outcome: Any) -> None:
             mail_outcome.append(outcome)
             if isinstance(outcome, Reply) and outcome.positive:
-                link.in_transaction = True
+                self.upstream_txn = True
                 if not pipelined:
                     link.command(rcpt, on_rcpt, timeout)
             elif not pipelined:
@@ -337,7 +342,7 @@ class Session:
     # --- DATA and the body ------------------------------------------------------
     def _data(self) -> None:
         link = self.link
-        if link is None or link.closed or not link.in_transaction:
+        if link is None or link.closed or not self.upstream_txn:
             self._answer_data(replies.UPSTREAM_LOST, False)
             return
 
@@ -402,7 +407,7 @@ class Session:
                 self._drop_link(abort=True)
                 self._finish_message(failure_reply(outcome), size)
             else:
-                link.in_transaction = False
+                self.upstream_txn = False
                 self._finish_message(self._relay(outcome), size)
 
         link.expect(on_final, self.ctx.data_timeout)
@@ -414,11 +419,12 @@ class Session:
         self._process()
 
     # --- the upstream link ------------------------------------------------------
-    def _link_lost(self, link: UpstreamLink, exc: UpstreamError) -> None:
+    def on_link_lost(self, link: UpstreamLink, exc: UpstreamError) -> None:
         """The upstream went away while no reply was awaited."""
         if link is not self.link:
             return
         self.link = None
+        self.upstream_txn = False
         self._resume(PAUSE_UPSTREAM_FULL)
         if self.scanner is not None and self.body_failure is None:
             self.ctx.logger.warning("upstream_failed", session=self.id, error=str(exc))
@@ -429,9 +435,12 @@ class Session:
         link, self.link = self.link, None
         if link is None:
             return
-        link.on_idle_lost = None
-        if abort or link.in_transaction and self.scanner is not None:
+        link.detach()
+        in_txn, self.upstream_txn = self.upstream_txn, False
+        if abort or in_txn and self.scanner is not None:
             link.abort()
+        elif in_txn:
+            link.quit()  # the pool takes only links outside a transaction
         else:
             self.ctx.dialer.release(link, self.proto.tls_active)
         self._resume(PAUSE_UPSTREAM_FULL)
@@ -439,8 +448,8 @@ class Session:
     def _reset_upstream(self) -> None:
         self._end_transaction(None, "reset")
         link = self.link
-        if link is not None and link.in_transaction and not link.closed:
-            link.in_transaction = False
+        if link is not None and self.upstream_txn and not link.closed:
+            self.upstream_txn = False
             link.command(b"RSET\r\n", _ignore, self.ctx.command_timeout)
 
     def _reverse_name(self, callback: Callable[[str], None]) -> None:
@@ -492,7 +501,7 @@ class Session:
             if not self.paused and not self.closed:
                 self.client.resume_reading()
 
-    def _upstream_full(self) -> None:
+    def on_link_pause(self, link: UpstreamLink) -> None:
         """The upstream is behind: stop reading the client, and give the
         upstream WILLI_UPSTREAM_DATA_TIMEOUT at a time to take some bytes."""
         self._pause(PAUSE_UPSTREAM_FULL)
@@ -504,7 +513,7 @@ class Session:
             self.stall_timer = self.ctx.reactor.call_later(
                 self.ctx.data_timeout, self._upstream_stalled, self.link.out_size)
 
-    def _upstream_drained(self) -> None:
+    def on_link_resume(self, link: UpstreamLink) -> None:
         self._cancel_stall_timer()
         if self.paused & PAUSE_UPSTREAM_FULL:
             self.last_client = self.ctx.reactor.time()  # the client was not idle: we did not read it
