@@ -19,6 +19,7 @@ import pytest
 from tests.support.certs import Pki
 from tests.support.dovecot import DovecotServer, dovecot_available
 from tests.support.postfix import DOMAIN, PostfixServer, postfix_available
+from tests.support.willi_process import WilliProcess
 
 CLIENT_ADDR = "127.0.0.2"
 CLIENT_HELO = "client.example"
@@ -54,11 +55,11 @@ def routes(tmp_path: Path, server: str, tls_verify: bool = False) -> str:
     return f"csv:{table}"
 
 
-def send(willi, rcpt: str, *, hello: str = "ehlo", body: bytes | None = None) -> dict:
-    """One message from 127.0.0.2 through Willi; smtplib's refusals raise."""
-    message = body or f"Subject: {rcpt}\r\n\r\nfor {rcpt}\r\n".encode()
+def send(willi, rcpt: str, *, hello: str = "ehlo", source: str = CLIENT_ADDR) -> dict:
+    """One message from `source` (127.0.0.2) through Willi; smtplib's refusals raise."""
+    message = f"Subject: {rcpt}\r\n\r\nfor {rcpt}\r\n".encode()
     with smtplib.SMTP(willi.host, willi.port, local_hostname=CLIENT_HELO, timeout=15,
-                      source_address=(CLIENT_ADDR, 0)) as client:
+                      source_address=(source, 0)) as client:
         getattr(client, hello)()
         return client.sendmail(SENDER, [rcpt], message)
 
@@ -116,6 +117,20 @@ def test_postfix_with_upstream_proxy_protocol_takes_willis_header(launch, postfi
     assert f"[{CLIENT_ADDR}])" in header and "127.0.0.1" not in header, header
 
 
+@pytest.mark.parametrize("role, env", [("proxy", {"WILLI_UPSTREAM_PROXY_PROTOCOL": "v2"}), ("xclient", {})],
+                         ids=["proxy-header", "xclient"])
+def test_a_connection_that_named_one_client_never_carries_the_next(launch, postfix, tmp_path, role, env) -> None:
+    willi = launch.willi({"WILLI_MAPPING_1": routes(tmp_path, postfix.route(role)),
+                          "WILLI_UPSTREAM_POOL_IDLE": "30s", **env})
+    first, second = f"first-{role}@{DOMAIN}", f"second-{role}@{DOMAIN}"
+    before = len(postfix.messages())
+    assert send(willi, first, source="127.0.0.2") == {}
+    assert send(willi, second, source="127.0.0.3") == {}
+    messages = postfix.wait_for_messages(before + 2)
+    assert "[127.0.0.2])" in received(delivered_to(messages, first))
+    assert "[127.0.0.3])" in received(delivered_to(messages, second))  # a reused link would say .2
+
+
 def test_a_postfix_that_expects_a_proxy_header_refuses_willi_without_one(launch, postfix, tmp_path) -> None:
     willi = launch.willi({"WILLI_MAPPING_1": routes(tmp_path, postfix.route("proxy"))})
     with pytest.raises(smtplib.SMTPRecipientsRefused) as caught:
@@ -166,6 +181,15 @@ def test_auth_plain_is_never_sent_without_tls(launch, postfix, tmp_path, pki) ->
     assert code == 451
     line = willi.wait_for_log(lambda r: r.get("event") == "upstream_failed")
     assert "needs TLS" in line["error"], line
+
+
+def test_check_never_prints_the_password(tmp_path: Path) -> None:
+    result = WilliProcess.run_cli("--check", env={
+        "WILLI_MAPPING_1": "static:127.0.0.1:2525", "WILLI_UPSTREAM_STARTTLS": "required",
+        "WILLI_UPSTREAM_AUTH": "plain", "WILLI_UPSTREAM_AUTH_USER": SASL_USER,
+        "WILLI_UPSTREAM_AUTH_PASSWORD": SASL_PASSWORD}, tmp_path=tmp_path)
+    assert result.returncode == 0, result
+    assert SASL_PASSWORD not in result.stdout + result.stderr
 
 
 # --- Dovecot's LMTP believes XCLIENT ----------------------------------------------------
