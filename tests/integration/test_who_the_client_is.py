@@ -117,6 +117,16 @@ def test_postfix_with_upstream_proxy_protocol_takes_willis_header(launch, postfi
     assert f"[{CLIENT_ADDR}])" in header and "127.0.0.1" not in header, header
 
 
+def test_the_proxy_header_goes_before_tls_on_smtps(launch, postfix, tmp_path, pki) -> None:
+    willi = launch.willi({"WILLI_MAPPING_1": routes(tmp_path, f"smtps://{postfix.route('smtps-proxy')}", True),
+                          "WILLI_UPSTREAM_TLS_CA": str(pki.ca_cert), "WILLI_UPSTREAM_PROXY_PROTOCOL": "v1"})
+    rcpt = f"smtps-proxy@{DOMAIN}"
+    before = len(postfix.messages())
+    assert send(willi, rcpt) == {}
+    header = received(delivered_to(postfix.wait_for_messages(before + 1), rcpt))
+    assert f"[{CLIENT_ADDR}])" in header and "with ESMTPS" in header, header
+
+
 @pytest.mark.parametrize("role, env", [("proxy", {"WILLI_UPSTREAM_PROXY_PROTOCOL": "v2"}), ("xclient", {})],
                          ids=["proxy-header", "xclient"])
 def test_a_connection_that_named_one_client_never_carries_the_next(launch, postfix, tmp_path, role, env) -> None:

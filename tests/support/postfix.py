@@ -10,6 +10,7 @@ all. Its smtpd listens on up to three loopback ports, one per role:
 
 - `xclient`: trusts Willi's XCLIENT (`smtpd_authorized_xclient_hosts`);
 - `proxy`: expects a PROXY header (`smtpd_upstream_proxy_protocol = haproxy`);
+- `smtps-proxy`: the same header, then implicit TLS (`smtpd_tls_wrappermode`);
 - `sasl`: STARTTLS, then SASL through Dovecot's auth socket, and relays only
   for a client that logged in (`permit_sasl_authenticated, reject`).
 
@@ -77,12 +78,14 @@ def postfix_available() -> str | None:
 
 
 class PostfixServer(LoopbackServer):
-    """One Postfix instance; `ports[role]` for each smtpd listener."""
+    """One Postfix instance; `ports[role]` for each smtpd listener (the TLS
+    roles only with `tls`, a (certificate, key) pair; `sasl` also needs the
+    Dovecot auth socket)."""
 
     def __init__(self, *, tls: tuple[Path, Path] | None = None, sasl_socket: Path | None = None,
                  start_timeout: float = 20.0) -> None:
         self.host = LOOPBACK_V4
-        roles = ["xclient", "proxy"] + (["sasl"] if tls and sasl_socket else [])
+        roles = ["xclient", "proxy"] + (["smtps-proxy"] if tls else []) + (["sasl"] if tls and sasl_socket else [])
         self.ports = {role: free_port() for role in roles}
         self.port = self.ports["xclient"]
         self.tls = tls
@@ -135,9 +138,18 @@ class PostfixServer(LoopbackServer):
             f"{self.host}:{self.ports['proxy']} inet n - n - - smtpd",
             "  -o smtpd_upstream_proxy_protocol=haproxy",
         ]
+        if self.tls is not None:
+            cert, key = self.tls
+            lines += [
+                f"{self.host}:{self.ports['smtps-proxy']} inet n - n - - smtpd",
+                "  -o smtpd_tls_wrappermode=yes",
+                "  -o smtpd_tls_security_level=encrypt",
+                f"  -o smtpd_tls_cert_file={cert}",
+                f"  -o smtpd_tls_key_file={key}",
+                "  -o smtpd_upstream_proxy_protocol=haproxy",
+            ]
         if "sasl" in self.ports:
             assert self.tls is not None
-            cert, key = self.tls
             lines += [
                 f"{self.host}:{self.ports['sasl']} inet n - n - - smtpd",
                 "  -o smtpd_tls_security_level=may",
