@@ -479,10 +479,10 @@ def test_xclient_lines_go_one_at_a_time_each_after_the_reply_to_the_last() -> No
     handshake.start()
     handshake.handle(reply(b"220 up.example\r\n"))
     assert handshake.handle(ehlo_reply("up.example", [XCLIENT_ALL])) == (NEED_NAME,)
-    first = handshake.handle(hs.NameResolved("n" * 255))
-    assert len(first) == 1 and first[0].data.startswith(b"XCLIENT ")  # type: ignore[union-attr]
-    second = handshake.handle(reply(b"220 up.example\r\n"))
-    assert len(second) == 1 and b"ADDR=" in second[0].data  # type: ignore[union-attr]
+    [first] = handshake.handle(hs.NameResolved("n" * 255))
+    assert isinstance(first, hs.Send) and first.data.startswith(b"XCLIENT ") and b"ADDR=" not in first.data
+    [second] = handshake.handle(reply(b"220 up.example\r\n"))
+    assert isinstance(second, hs.Send) and b"ADDR=" in second.data
 
 
 # --- the PROXY header (issue 10) ------------------------------------------------------

@@ -104,10 +104,10 @@ def mail_command(sender: Address, params: dict[str, str | None], caps: Mapping[s
     """MAIL FROM with the client's parameters that the upstream supports."""
     out = [b"MAIL FROM:<%s>" % str(sender).encode("utf-8", "surrogateescape")]
     for key, value in params.items():
-        if key == "SIZE" and "SIZE" in caps:
-            out.append(b"SIZE=%s" % value.encode())  # type: ignore[union-attr]
-        elif key == "BODY" and "8BITMIME" in caps:
-            out.append(b"BODY=%s" % value.upper().encode())  # type: ignore[union-attr]
+        if key == "SIZE" and "SIZE" in caps and value is not None:
+            out.append(b"SIZE=%s" % value.encode())
+        elif key == "BODY" and "8BITMIME" in caps and value is not None:
+            out.append(b"BODY=%s" % value.upper().encode())
         elif key == "SMTPUTF8":
             if "SMTPUTF8" not in caps:
                 raise NeedsSMTPUTF8("upstream does not offer SMTPUTF8")
