@@ -310,6 +310,19 @@ def test_xclient_required_and_not_offered_fails_at_rcpt_and_delivers_nothing(req
     )
 
 
+def test_xclient_required_fails_an_upstream_whose_xclient_cannot_take_addr(required_willi, start_upstream):
+    # What smtp-sink offers: the name and HELO, not the address. Required
+    # means the address is forwarded, so this target is not good enough.
+    upstream = start_upstream(capabilities=[*DEFAULT_CAPABILITIES, "XCLIENT NAME HELO"])
+    reply, _ = send_message(required_willi)
+    assert (reply.code, enhanced(reply)) == (451, b"4.4.1"), reply
+    upstream.wait_for_sessions_ended(1)
+    assert first_session_verbs(upstream) == ["EHLO"]
+    required_willi.wait_for_log(
+        lambda r: r.get("event") == "upstream_failed" and "does not take ADDR" in r.get("error", "")
+    )
+
+
 def test_xclient_required_and_offered_delivers(required_willi, start_upstream):
     upstream = start_upstream(capabilities=OFFERS_XCLIENT)
     reply, _ = send_message(required_willi)

@@ -230,8 +230,12 @@ class DialAttempt:
                                        self.client)
         self._execute(self._handshake.start())
 
-    def _feed(self, event: hs.Event) -> None:
+    def _feed(self, event: hs.Event, handshake: hs.Handshake | None = None) -> None:
+        """One event for the running handshake; one for a handshake that has
+        ended since (a reverse name that comes late) is dropped."""
         if self.cancelled or self._handshake is None or self._link is None:
+            return
+        if handshake is not None and handshake is not self._handshake:
             return
         self._execute(self._handshake.handle(event))
 
@@ -250,7 +254,8 @@ class DialAttempt:
             elif isinstance(command, hs.StartTLS):
                 self._start_tls()
             elif isinstance(command, hs.NeedName):
-                self.reverse_name(lambda name: self._feed(hs.NameResolved(name)))
+                handshake = self._handshake
+                self.reverse_name(lambda name: self._feed(hs.NameResolved(name), handshake))
             elif isinstance(command, hs.Done):
                 self._greeted(command.greeted)
             else:
