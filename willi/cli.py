@@ -109,6 +109,19 @@ def lookup(config: Config, logger: Logger, text: str, out: TextIO) -> int:
     return 0
 
 
+def dial_settings(config: Config) -> DialSettings:
+    """How every session's upstream connections are opened (SPEC §4)."""
+    credentials = None
+    if config.upstream_auth == "plain":
+        credentials = Credentials(config.upstream_auth_user or "", config.upstream_auth_password or "")
+    return DialSettings(
+        hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
+        command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
+        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
+        xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient,
+        proxy_protocol=config.upstream_proxy_protocol, auth=config.upstream_auth, credentials=credentials)
+
+
 # --- serving ----------------------------------------------------------------------
 def _upstream_tls(config: Config, verify: bool) -> Any:
     return tls.client_context(verify, config.upstream_tls_ca, config.upstream_tls_cert,
@@ -180,19 +193,6 @@ def _supervise(config: Config, logger: Logger) -> int:
             logger.error("worker_died", worker=index, code=code)
             spawn(index)
     return status
-
-
-def dial_settings(config: Config) -> DialSettings:
-    """How every session's upstream connections are opened (SPEC §4)."""
-    credentials = None
-    if config.upstream_auth == "plain":
-        credentials = Credentials(config.upstream_auth_user or "", config.upstream_auth_password or "")
-    return DialSettings(
-        hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
-        command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
-        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
-        xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient,
-        proxy_protocol=config.upstream_proxy_protocol, auth=config.upstream_auth, credentials=credentials)
 
 
 def _serve_one(config: Config, logger: Logger) -> int:
