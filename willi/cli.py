@@ -13,6 +13,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from willi import __version__, tls
+from willi.anvil import ConnectionRate
 from willi.config import Config, load_config
 from willi.context import Context
 from willi.errors import ConfigError, MappingError, TLSError, WilliError
@@ -57,8 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _not_built_yet(config: Config) -> str | None:
     """Keys of the SPEC whose feature is not built yet. Refused rather than
     ignored: a PROXY header or a metrics port silently missing would be worse."""
-    if config.proxy_protocol:
-        return "WILLI_PROXY_PROTOCOL=on"
     if config.upstream_proxy_protocol != "off":
         return f"WILLI_UPSTREAM_PROXY_PROTOCOL={config.upstream_proxy_protocol}"
     if config.upstream_auth != "off":
@@ -207,7 +206,11 @@ def _serve_one(config: Config, logger: Logger) -> int:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
     front = Front(reactor, sockets, lambda sock, peer: Session(ctx, sock, peer),
-                  config.max_connections, config.max_connections_per_ip, logger)
+                  config.max_connections, config.max_connections_per_ip, logger,
+                  rate=ConnectionRate(config.max_connection_rate_per_ip),
+                  rate_exceptions=config.connection_rate_exceptions,
+                  proxy_from=config.proxy_protocol_from if config.proxy_protocol else None,
+                  proxy_timeout=config.proxy_protocol_timeout)
     ctx.on_session_closed = front.session_closed
     lifecycle = _Lifecycle(config, reactor, ctx, front, router, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)
