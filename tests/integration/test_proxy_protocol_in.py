@@ -10,14 +10,13 @@ whatever it claims.
 
 from __future__ import annotations
 
-import socket
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.support.net import SmtpRawClient, free_port, wait_until
+from tests.support.net import SmtpRawClient, wait_until
+from tests.support.proxied import connect_from, proxy_willi_env, start_proxy_willi
 from tests.support.upstream import DEFAULT_CAPABILITIES, XCLIENT_CAPABILITY, ScriptableUpstream
 from tests.support.willi_process import WilliProcess
 from willi import replies
@@ -29,30 +28,6 @@ CLIENT_V4 = ("203.0.113.7", 40001)
 CLIENT_V6 = ("2001:db8::77", 40002)
 WILLI_SIDE = ("198.51.100.25", 25)
 BODY = b"Subject: proxied\r\n\r\nhello\r\n"
-
-
-def proxy_willi_env(tmp: Path, upstream_port: int, **keys: str) -> dict[str, str]:
-    table = tmp / "upstreams.csv"
-    table.write_text(f"pattern;server;tls_verify\na.test;127.0.0.1:{upstream_port};false\n")
-    return {
-        "WILLI_LISTEN": f"127.0.0.1:{free_port()}",
-        "WILLI_HOSTNAME": "willi.test",
-        "WILLI_MAPPING_1": f"csv:{table}",
-        "WILLI_PROXY_PROTOCOL": "on",
-        "WILLI_PROXY_PROTOCOL_FROM": f"{BALANCER}/32",
-        **keys,
-    }
-
-
-def start_proxy_willi(env: dict[str, str], tmp: Path) -> WilliProcess:
-    """Started without the usual readiness probe: that probe sends no header."""
-    willi = WilliProcess(env, tmp, wait_ready=False).start()
-    try:
-        willi.wait_for_log(lambda r: r.get("event") == "listening")
-    except BaseException:
-        willi.stop()
-        raise
-    return willi
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +48,7 @@ def willi(tmp_path_factory: pytest.TempPathFactory, upstream: ScriptableUpstream
 
 
 def connect(willi: WilliProcess, source: str = BALANCER) -> SmtpRawClient:
-    """A raw client from `source` (every 127.x address is this machine)."""
-    client = SmtpRawClient.__new__(SmtpRawClient)
-    client.host, client.port, client.timeout = willi.host, willi.port, 10.0
-    client._buffer, client._eof = bytearray(), False
-    client.sock = socket.create_connection((willi.host, willi.port), timeout=10.0, source_address=(source, 0))
-    return client
+    return connect_from(willi, source)
 
 
 def send_message(client: SmtpRawClient, helo: str = "client.example") -> None:
