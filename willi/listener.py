@@ -22,10 +22,13 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from typing import Any, Callable
+from pathlib import Path
+from typing import Any, Callable, Iterable
 
 from willi import replies
 from willi.anvil import ConnectionRate
+from willi.errors import WilliError
+from willi.portowner import describe_owner
 from willi.proxy_protocol import V2_MAX_LENGTH, ProxyHeader, ProxyHeaderError, ProxyHeaderParser
 from willi.reactor import READ, Reactor, Timer
 from willi.records import NullObserver, Observer
@@ -42,22 +45,81 @@ def client_ip(address: str) -> str:
     return address[7:] if address.startswith("::ffff:") and "." in address else address
 
 
-def open_listener(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+def show_address(host: str, port: int) -> str:
+    """As WILLI_LISTEN writes it: `[::1]:25`, `127.0.0.1:25`."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def interfaces(host: str) -> str | None:
+    """What a wildcard address binds, said in words (`:2525` is 0.0.0.0:2525)."""
+    if host == "0.0.0.0":
+        return "all IPv4 interfaces"
+    if host == "::":
+        return "all interfaces, IPv4 and IPv6"
+    return None
+
+
+class ListenError(WilliError):
+    """A listening socket could not be opened; the text names the address and the fix."""
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    """Bound and listening, non-blocking. Never SO_REUSEPORT: a second Willi
+    on a port in use must fail here, not silently share the traffic; the
+    workers of one Willi share the sockets their parent opened."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # restart past TIME_WAIT only
         if family == socket.AF_INET6 and host in ("::", "[::]"):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind((host, port))
         sock.listen(1024)
         sock.setblocking(False)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(explain_bind_error(host, port, exc)) from exc
     return sock
+
+
+def open_listeners(addresses: Iterable[tuple[str, int]]) -> list[socket.socket]:
+    """All of them or none: on an error the ones already open are closed."""
+    sockets: list[socket.socket] = []
+    try:
+        for host, port in addresses:
+            sockets.append(open_listener(host, port))
+    except ListenError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def explain_bind_error(host: str, port: int, exc: OSError, proc: Path = Path("/proc")) -> str:
+    """`cannot listen on 0.0.0.0:25: <why>; <what to do>`."""
+    where = f"cannot listen on {show_address(host, port)}"
+    if exc.errno == errno.EADDRINUSE:
+        owner = describe_owner(port, proc)
+        who = f"by {owner}" if owner else "by another process (`ss -ltnp sport = :%d` says which)" % port
+        return (f"{where}: the port is already in use {who}; stop that process (another Willi?) "
+                f"or choose another WILLI_LISTEN")
+    if exc.errno == errno.EACCES:
+        start = _unprivileged_port_start(proc)
+        if port < start:
+            return (f"{where}: permission denied: ports below {start} need root or CAP_NET_BIND_SERVICE "
+                    f"(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; or a port >= {start} "
+                    f"with a redirect from {port})")
+        return f"{where}: permission denied ({exc.strerror})"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{where}: no interface of this machine has the address {host}; check WILLI_LISTEN"
+    return f"{where}: {exc.strerror or exc}"
+
+
+def _unprivileged_port_start(proc: Path) -> int:
+    try:
+        return int((proc / "sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    except (OSError, ValueError):
+        return 1024
 
 
 class _LoggedEvents(NullObserver):
