@@ -14,14 +14,19 @@ from tests.support.net import SmtpRawClient, free_port
 from tests.support.willi_process import WilliProcess
 
 
-def connect_from(willi: WilliProcess, source: str, timeout: float = 10.0) -> SmtpRawClient:
-    """A raw client connected from `source`, its greeting not read yet."""
+def connect_source(host: str, port: int, source: str, timeout: float = 10.0) -> SmtpRawClient:
+    """A raw client connected to host:port from `source`, its greeting not read yet."""
     # SmtpRawClient always connects itself; this one needs its source address.
     client = SmtpRawClient.__new__(SmtpRawClient)
-    client.host, client.port, client.timeout = willi.host, willi.port, timeout
+    client.host, client.port, client.timeout = host, port, timeout
     client._buffer, client._eof = bytearray(), False
-    client.sock = socket.create_connection((willi.host, willi.port), timeout=timeout, source_address=(source, 0))
+    client.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
     return client
+
+
+def connect_from(willi: WilliProcess, source: str, timeout: float = 10.0) -> SmtpRawClient:
+    """A raw client connected to Willi from `source`."""
+    return connect_source(willi.host, willi.port, source, timeout)
 
 
 def proxy_willi_env(tmp: Path, upstream_port: int, trusted: str = "127.0.0.1/32", **keys: str) -> dict[str, str]:
