@@ -14,6 +14,7 @@ other with no message lost.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -26,7 +27,7 @@ from tests.support.proxied import connect_from, connect_source, proxy_willi_env,
 from tests.support.upstream import DEFAULT_CAPABILITIES, XCLIENT_CAPABILITY, ScriptableUpstream
 from tests.support.willi_process import WilliProcess
 from willi import replies
-from willi.proxy_protocol import encode_v1
+from willi.proxy_protocol import V2_MAX_LENGTH, ProxyHeaderParser, encode_v1
 
 pytestmark = pytest.mark.skipif(find_haproxy() is None, reason="haproxy not installed (make system-test-deps)")
 
@@ -189,3 +190,59 @@ def test_two_willis_behind_haproxy_one_stopped_with_sigterm_and_no_message_lost(
             client.close()
         first.stop()
         second.stop()
+
+
+# --- the parser against HAProxy's own bytes --------------------------------------------
+class HeaderCapture:
+    """A backend for HAProxy that keeps a connection's header bytes."""
+
+    def __init__(self, host: str) -> None:
+        self.listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.listener.bind((host, 0))
+        self.listener.listen()
+        self.listener.settimeout(10)
+        self.host, self.port = host, self.listener.getsockname()[1]
+
+    def take(self, client_port: int) -> bytes:
+        """The header bytes of the connection HAProxy made for `client_port`
+        (HAProxy's readiness probe went through it too, first)."""
+        for _ in range(5):
+            conn, _ = self.listener.accept()
+            with conn:
+                conn.settimeout(5)
+                data, parser, header = b"", ProxyHeaderParser(), None
+                while header is None and len(data) < V2_MAX_LENGTH:
+                    chunk = conn.recv(V2_MAX_LENGTH)
+                    if not chunk:
+                        break  # a connection that ended: the probe's
+                    data += chunk
+                    header = parser.feed(chunk)
+            if header is not None and header.source is not None and header.source[1] == client_port:
+                return data
+        raise AssertionError("no connection from the client reached the capture")
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("family", ["127.0.0.1", "::1"])
+@pytest.mark.parametrize("send_proxy", ["send-proxy", "send-proxy-v2"])
+def test_the_parser_reads_haproxy_headers_byte_by_byte(tmp_path: Path, send_proxy: str, family: str) -> None:
+    capture = HeaderCapture(family)
+    source = CLIENT if family == "127.0.0.1" else "::1"
+    try:
+        with HAProxy(tmp_path, [(capture.host, capture.port)], send_proxy=send_proxy, host=family,
+                     check=False) as haproxy:
+            with connect_source(haproxy.host, haproxy.port, source) as client:
+                client_port = client.sock.getsockname()[1]
+                data = capture.take(client_port)
+    finally:
+        capture.close()
+    parser = ProxyHeaderParser()
+    results = [parser.feed(data[i:i + 1]) for i in range(len(data))]
+    assert all(r is None for r in results[:-1])
+    header = results[-1]
+    assert header is not None and header.trailing == b""
+    assert header.version == (1 if send_proxy == "send-proxy" else 2)
+    assert header.source == (source, client_port)
+    assert header.destination == (family, haproxy.port)

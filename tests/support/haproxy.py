@@ -34,18 +34,22 @@ def find_haproxy() -> str | None:
     return None
 
 
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class HAProxy(LoopbackServer):
     """`haproxy -f DIR/haproxy.cfg -db`, frontend on 127.0.0.1:port."""
 
     def __init__(self, tmp_path: Path | str, servers: Sequence[tuple[str, int]], *,
-                 send_proxy: str = "send-proxy-v2", port: int | None = None,
+                 send_proxy: str = "send-proxy-v2", host: str = LOOPBACK_V4, port: int | None = None,
                  check: bool = True, start_timeout: float = 10.0) -> None:
         binary = find_haproxy()
         if binary is None:
             raise FileNotFoundError("haproxy not found (make system-test-deps installs it)")
         self.binary = binary
-        self.host = LOOPBACK_V4
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.servers = list(servers)
         self.send_proxy = send_proxy
         self.check = check
@@ -58,7 +62,7 @@ class HAProxy(LoopbackServer):
 
     def config(self) -> str:
         check = " check inter 100ms fall 1 rise 1" if self.check else ""
-        servers = "".join(f"    server w{i} {host}:{port} {self.send_proxy}{check}\n"
+        servers = "".join(f"    server w{i} {_hostport(host, port)} {self.send_proxy}{check}\n"
                           for i, (host, port) in enumerate(self.servers, 1))
         return (
             "global\n"
@@ -71,7 +75,7 @@ class HAProxy(LoopbackServer):
             "    retries 3\n"
             "    option redispatch\n"
             "frontend smtp\n"
-            f"    bind {self.host}:{self.port}\n"
+            f"    bind {_hostport(self.host, self.port)}\n"
             "    default_backend willis\n"
             "backend willis\n"
             "    balance roundrobin\n"
