@@ -8,6 +8,10 @@ does. Like anvil, every attempt counts, the refused ones too, so a client
 that keeps hammering stays refused until it slows down; and a window is a
 fixed interval that starts at the client's first connection in it.
 
+IPv6 clients are counted per /84, as Postfix 3.8 does
+(`smtpd_client_ipv6_prefix_length = 84`): one host commonly holds a /64 and
+can pick a new address for every connection.
+
 Pure: the clock is passed in, nothing here reads the time, and memory is
 bounded. Windows are kept in the order they started, so the expired ones are
 always at the front and are dropped as new ones come in; past `max_clients`
@@ -17,9 +21,22 @@ than memory growing with the number of addresses an attacker can use.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 
 DEFAULT_MAX_CLIENTS = 100_000
+IPV6_PREFIX_LENGTH = 84
+
+
+def client_key(ip: str, ipv6_prefix: int = IPV6_PREFIX_LENGTH) -> str:
+    """What one client is: its IPv4 address, or its IPv6 network of `ipv6_prefix`."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 4:
+        return ip
+    return str(ipaddress.IPv6Network((address, ipv6_prefix), strict=False))
 
 
 class ConnectionRate:
@@ -40,6 +57,7 @@ class ConnectionRate:
         """Count one connection from `ip` at `now`; False when it is over the limit."""
         if self.limit == 0:
             return True
+        ip = client_key(ip)
         self._expire(now)
         window = self._windows.get(ip)
         if window is None:
@@ -51,7 +69,7 @@ class ConnectionRate:
 
     def count(self, ip: str, now: float) -> int:
         """Connections from `ip` in its current window (0 when none is open)."""
-        window = self._windows.get(ip)
+        window = self._windows.get(client_key(ip))
         return int(window[1]) if window is not None and now - window[0] < self.time_unit else 0
 
     def _expire(self, now: float) -> None:

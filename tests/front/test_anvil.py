@@ -54,7 +54,7 @@ def test_memory_is_bounded_by_max_clients_forgetting_the_oldest_window() -> None
     rate = ConnectionRate(limit=1, time_unit=60, max_clients=100)
     assert rate.connect("192.0.2.1", 0)
     for i in range(10_000):
-        rate.connect(f"2001:db8::{i:x}", now=1)
+        rate.connect(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}", now=1)
         assert len(rate) <= 100
     assert rate.connect("192.0.2.1", 2)  # forgotten: starts afresh
 
@@ -63,3 +63,11 @@ def test_memory_is_bounded_by_max_clients_forgetting_the_oldest_window() -> None
 def test_nonsense_settings_are_refused(args: dict) -> None:
     with pytest.raises(ValueError):
         ConnectionRate(**args)
+
+
+def test_ipv6_clients_are_counted_per_slash_84_as_postfix_does() -> None:
+    rate = ConnectionRate(limit=2, time_unit=60)
+    assert rate.connect("2001:db8::1", 0) and rate.connect("2001:db8::ffff:1", 0)  # one /84
+    assert not rate.connect("2001:db8::abcd", 0)
+    assert rate.connect("2001:db8:0:0:1000::1", 0)  # the next /84
+    assert rate.count("2001:db8::5", 0) == 3
