@@ -163,3 +163,16 @@ def test_the_per_ip_limit_counts_clients_not_the_balancer(willi) -> None:
             client.close()
     record = willi.wait_for_log(lambda r: r.get("reason") == "per_ip_limit")
     assert (record["client"], record["balancer"]) == ("203.0.113.50", BALANCER)
+
+
+def test_a_header_that_stalls_holds_up_no_one_else(willi) -> None:
+    with connect(willi) as slow:
+        slow.send(b"PROXY TCP4 203.0.113.60 ")  # half a header, then nothing for a while
+        for port in (1, 2, 3):
+            with connect(willi) as other:
+                started = time.monotonic()
+                other.send(encode_v1(("203.0.113.61", port), WILLI_SIDE))
+                assert other.read_reply().code == 220
+                assert time.monotonic() - started < 0.5
+        slow.send(b"198.51.100.25 1 25\r\n")  # still within its own timeout: served
+        assert slow.read_reply().code == 220
