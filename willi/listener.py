@@ -307,9 +307,11 @@ class _ProxyReader:
         self._detach()
         if header.source is None:  # LOCAL / UNKNOWN: the balancer's own connection
             self.front.admit(self.sock, self.balancer, balancer=self.balancer[0], counted=False)
-        else:
-            client = (client_ip(header.source[0]), header.source[1])
-            self.front.admit(self.sock, client, balancer=self.balancer[0])
+            return
+        client = (client_ip(header.source[0]), header.source[1])
+        # HAProxy's v1 health checks carry its own address: a balancer is not a client to rate.
+        counted = not within(client[0], self.front.proxy_from or ())
+        self.front.admit(self.sock, client, balancer=self.balancer[0], counted=counted)
 
     def _timed_out(self) -> None:
         self.timer = None

@@ -11,7 +11,7 @@ from tests.support.net import free_port
 from tests.support.proxied import connect_from, proxy_willi_env, start_proxy_willi
 from tests.support.willi_process import WilliProcess
 from willi import replies
-from willi.proxy_protocol import V2_SIGNATURE, encode_v2
+from willi.proxy_protocol import V2_SIGNATURE, encode_v1, encode_v2
 
 WILLI_SIDE = ("198.51.100.25", 25)
 
@@ -51,6 +51,8 @@ def test_behind_a_balancer_the_carried_address_is_counted_and_health_checks_are_
     try:
         local = V2_SIGNATURE + b"\x20\x00\x00\x00"
         assert [greeting_from(willi, "127.0.0.1", local)[:3] for _ in range(5)] == [b"220"] * 5
+        v1_check = encode_v1(("127.0.0.1", 1), WILLI_SIDE)  # HAProxy's v1 check: its own address
+        assert [greeting_from(willi, "127.0.0.1", v1_check)[:3] for _ in range(5)] == [b"220"] * 5
         carried = encode_v2(("203.0.113.9", 1), WILLI_SIDE)
         assert [greeting_from(willi, "127.0.0.1", carried)[:3] for _ in range(2)] == [b"220"] * 2
         assert greeting_from(willi, "127.0.0.1", carried) == replies.CONNECTION_RATE_EXCEEDED
