@@ -109,7 +109,7 @@ def explain_bind_error(host: str, port: int, exc: OSError, proc: Path = Path("/p
             return (f"{where}: permission denied: ports below {start} need root or CAP_NET_BIND_SERVICE "
                     f"(systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; or a port >= {start} "
                     f"with a redirect from {port})")
-        return f"{where}: permission denied ({exc.strerror})"
+        return f"{where}: permission denied (not a privileged port: a security module or a container policy?)"
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"{where}: no interface of this machine has the address {host}; check WILLI_LISTEN"
     return f"{where}: {exc.strerror or exc}"

@@ -102,7 +102,7 @@ def test_the_explanations_without_a_process() -> None:
         "cannot listen on [::1]:25: the port is already in use by another process "
         "(`ss -ltnp sport = :25` says which); stop that process (another Willi?) or choose another WILLI_LISTEN")
     assert explain_bind_error("127.0.0.1", 2525, OSError(errno.EACCES, "Permission denied"),
-                              Path("/nonexistent")) == "cannot listen on 127.0.0.1:2525: permission denied (Permission denied)"
+                              Path("/nonexistent")).startswith("cannot listen on 127.0.0.1:2525: permission denied (not a")
     assert explain_bind_error("127.0.0.1", 7, OSError(errno.EMFILE, "Too many open files")).endswith(
         ": Too many open files")
     assert (show_address("::", 25), show_address("0.0.0.0", 25)) == ("[::]:25", "0.0.0.0:25")
