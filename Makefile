@@ -50,6 +50,7 @@ system-test-deps:
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
 	[ -x /usr/lib/dovecot/lmtp ] || missing="$$missing dovecot-lmtpd"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \

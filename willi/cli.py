@@ -13,10 +13,11 @@ import sys
 from typing import Any, Sequence, TextIO
 
 from willi import __version__, tls
+from willi.anvil import ConnectionRate
 from willi.config import Config, load_config
 from willi.context import Context
 from willi.errors import ConfigError, MappingError, TLSError, WilliError
-from willi.listener import Front, open_listener
+from willi.listener import Front, ListenError, interfaces, open_listeners, show_address
 from willi.log import Logger
 from willi.reactor import Reactor
 from willi.routing.router import Router, build_mappings
@@ -58,8 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _not_built_yet(config: Config) -> str | None:
     """Keys of the SPEC whose feature is not built yet. Refused rather than
     ignored: a PROXY header or a metrics port silently missing would be worse."""
-    if config.proxy_protocol:
-        return "WILLI_PROXY_PROTOCOL=on"
     if config.metrics_listen is not None:
         return "WILLI_METRICS_LISTEN"
     return None
@@ -129,17 +128,26 @@ def _upstream_tls(config: Config, verify: bool) -> Any:
 
 
 def serve(config: Config, logger: Logger) -> int:
+    """Bind first, in this process and without SO_REUSEPORT, so a port in use
+    stops the start with one clear line whatever WILLI_WORKERS says."""
+    try:
+        sockets = open_listeners(config.listen)
+    except ListenError as exc:
+        print(f"willi: cannot start: {exc}", file=sys.stderr)
+        return 1
     if config.workers > 1:
-        return _supervise(config, logger)
-    return _serve_one(config, logger)
+        return _supervise(config, logger, sockets)
+    return _serve_one(config, logger, sockets)
 
 
-def _supervise(config: Config, logger: Logger) -> int:
-    """WILLI_WORKERS=N: N reactor processes on one SO_REUSEPORT port (SPEC §1).
+def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
+    """WILLI_WORKERS=N: N reactor processes accepting on the sockets this
+    parent opened, inherited across fork (SPEC §1).
 
     The parent only forks, forwards signals and restarts a worker that died
     on its own; it forks before any thread exists, and each child builds its
-    own reactor, pool and mappings.
+    own reactor, pool and mappings. On SIGTERM it closes its own copies of
+    the sockets, so the port refuses as soon as every worker closed its own.
     """
     children: dict[int, int] = {}
     stopping = False
@@ -157,7 +165,7 @@ def _supervise(config: Config, logger: Logger) -> int:
                 for signum in handled:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                code = _serve_one(config, logger.bind(worker=index))
+                code = _serve_one(config, logger.bind(worker=index), sockets)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -166,6 +174,9 @@ def _supervise(config: Config, logger: Logger) -> int:
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
         stopping = stopping or signum != signal.SIGHUP
+        if stopping:
+            for sock in sockets:
+                sock.close()
         for pid in children:
             try:
                 os.kill(pid, signum)
@@ -195,10 +206,9 @@ def _supervise(config: Config, logger: Logger) -> int:
     return status
 
 
-def _serve_one(config: Config, logger: Logger) -> int:
+def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
     try:
         router = _router(config, logger)
-        sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
         contexts = {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
     except (MappingError, TLSError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
@@ -212,7 +222,11 @@ def _serve_one(config: Config, logger: Logger) -> int:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
     front = Front(reactor, sockets, lambda sock, peer: Session(ctx, sock, peer),
-                  config.max_connections, config.max_connections_per_ip, logger)
+                  config.max_connections, config.max_connections_per_ip, logger,
+                  rate=ConnectionRate(config.max_connection_rate_per_ip),
+                  rate_exceptions=config.connection_rate_exceptions,
+                  proxy_from=config.proxy_protocol_from if config.proxy_protocol else None,
+                  proxy_timeout=config.proxy_protocol_timeout)
     ctx.on_session_closed = front.session_closed
     lifecycle = _Lifecycle(config, reactor, ctx, front, router, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)
@@ -220,8 +234,8 @@ def _serve_one(config: Config, logger: Logger) -> int:
     reactor.add_signal_handler(signal.SIGHUP, lifecycle.reload)
     front.start()
     for host, port in config.listen:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as WILLI_LISTEN writes it
-        logger.info("listening", address=shown, hostname=config.hostname, version=__version__)
+        logger.info("listening", address=show_address(host, port), interfaces=interfaces(host),
+                    hostname=config.hostname, version=__version__)
     try:
         reactor.run()
     finally:

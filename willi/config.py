@@ -46,10 +46,14 @@ class Config:
     tls_handshake_timeout: float = 30.0
     proxy_protocol: bool = False
     proxy_protocol_from: tuple[Network, ...] = ()
+    proxy_protocol_timeout: float = 5.0  # Postfix's smtpd_upstream_proxy_timeout
     max_message_size: int = 20 * 1024 * 1024
     max_recipients: int = 100
     max_connections: int = 1000
     max_connections_per_ip: int = 50
+    max_connection_rate_per_ip: int = 300  # per minute; Postfix's smtpd_client_connection_rate_limit
+    connection_rate_exceptions: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1"))
     max_errors: int = 10
     split_recipients: bool = True
     bare_lf: str = "reject"  # reject | pass
@@ -204,6 +208,13 @@ def parse_networks(text: str) -> tuple[Network, ...]:
     return networks
 
 
+def parse_networks_or_none(text: str) -> tuple[Network, ...]:
+    """Like parse_networks, and `none` for an empty list (empty means unset)."""
+    if text.strip().lower() == "none":
+        return ()
+    return parse_networks(text)
+
+
 def _is_host(text: str) -> bool:
     """A plausible domain name or IPv4 address (ASCII letters, digits, hyphens)."""
     labels = text.split(".")
@@ -267,10 +278,13 @@ KEYS: tuple[_Key, ...] = (
     _Key("WILLI_TLS_KEY", "tls_key", parse_file),
     _Key("WILLI_PROXY_PROTOCOL", "proxy_protocol", parse_bool),
     _Key("WILLI_PROXY_PROTOCOL_FROM", "proxy_protocol_from", parse_networks),
+    _Key("WILLI_PROXY_PROTOCOL_TIMEOUT", "proxy_protocol_timeout", parse_duration),
     _Key("WILLI_MAX_MESSAGE_SIZE", "max_message_size", parse_size),
     _Key("WILLI_MAX_RECIPIENTS", "max_recipients", _whole(1)),
     _Key("WILLI_MAX_CONNECTIONS", "max_connections", _whole(1)),
     _Key("WILLI_MAX_CONNECTIONS_PER_IP", "max_connections_per_ip", _whole(1)),
+    _Key("WILLI_MAX_CONNECTION_RATE_PER_IP", "max_connection_rate_per_ip", _whole(0)),
+    _Key("WILLI_CONNECTION_RATE_EXCEPTIONS", "connection_rate_exceptions", parse_networks_or_none),
     _Key("WILLI_MAX_ERRORS", "max_errors", _whole(1)),
     _Key("WILLI_SPLIT_RECIPIENTS", "split_recipients", parse_bool),
     _Key("WILLI_BARE_LF", "bare_lf", _choice("reject", "pass")),

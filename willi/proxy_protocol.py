@@ -15,10 +15,12 @@ both are written as IPv6 (the header has one family for both).
 The reader: `ProxyHeaderParser.feed(data)` takes bytes as they arrive and
 returns `None` while it needs more, a `ProxyHeader` once the header is
 complete (with the bytes after it in `trailing`), or raises
-`ProxyHeaderError`. It never holds more than `V1_MAX_LENGTH` or
-`V2_MAX_LENGTH` bytes. `LOCAL` (v2) and `UNKNOWN` (v1), what balancers send
-for health checks, give a header with no addresses: the connection keeps the
-balancer's own.
+`ProxyHeaderError`. It never waits for more than `V1_MAX_LENGTH` or
+`V2_MAX_LENGTH` bytes: a header not complete by then is an error. `LOCAL`
+(v2) and `UNKNOWN` (v1), what balancers send for health checks, give a
+header with no addresses: the connection keeps the balancer's own. Sections
+2.1 (v1) and 2.2 (v2) of proxy-protocol.txt are followed strictly: single
+spaces, decimal ports without leading zeros, addresses of the named family.
 """
 
 from __future__ import annotations
@@ -138,13 +140,11 @@ class ProxyHeaderParser:
         return self._v2()
 
     def _v1(self, start: int) -> ProxyHeader | None:
-        end = self._buffer.find(b"\r\n", max(0, start - 1))
+        end = self._buffer.find(b"\r\n", max(0, start - 1), V1_MAX_LENGTH)  # CRLF within the bound
         if end == -1:
             if len(self._buffer) >= V1_MAX_LENGTH:
                 raise ProxyHeaderError("PROXY v1 header longer than 107 bytes")
             return None
-        if end + 2 > V1_MAX_LENGTH:
-            raise ProxyHeaderError("PROXY v1 header longer than 107 bytes")
         line, trailing = bytes(self._buffer[:end]), bytes(self._buffer[end + 2:])
         source, destination = _v1_addresses(line)
         return ProxyHeader(1, source, destination, trailing)

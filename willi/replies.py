@@ -20,6 +20,8 @@ CANNOT_VRFY = b"252 2.0.0 Cannot VRFY user, but will accept message and attempt 
 
 # --- temporary failures -----------------------------------------------------
 TOO_MANY_CONNECTIONS = b"421 4.7.0 Too many connections, try again later\r\n"
+CONNECTION_RATE_EXCEEDED = b"421 4.7.0 Too many connections from your address, slow down and try again later\r\n"
+PROXY_REQUIRED = b"421 4.7.0 Connections are accepted through the load balancer only\r\n"
 TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
 CLIENT_TIMEOUT = b"421 4.4.2 Timeout exceeded, closing connection\r\n"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, closing connection\r\n"

@@ -82,17 +82,21 @@ def test_the_writer_and_the_reader_agree() -> None:
             assert header is not None and header.source == (src[0].removeprefix("::ffff:"), src[1])
 
 
-# --- HAProxy 2.6's own bytes (captured from `send-proxy` / `send-proxy-v2`) ------------
-HAPROXY_V1 = b"PROXY TCP4 127.0.0.1 127.0.0.1 51234 24301\r\n"
-HAPROXY_V2 = bytes.fromhex("0d0a0d0a000d0a515549540a" "2111000c" "7f000001" "7f000001" "c822" "5eed")
-HAPROXY_V2_CHECK = bytes.fromhex("0d0a0d0a000d0a515549540a" "20000000")
+# --- HAProxy 2.6's own bytes, as captured from `send-proxy`, `send-proxy-v2` and a
+# health check (`check` with send-proxy-v2 sends LOCAL; with send-proxy, its own addresses).
+# tests/integration/test_haproxy.py reads them live from a running HAProxy too.
+HAPROXY_V1 = b"PROXY TCP4 127.0.0.5 127.0.0.1 39655 46683\r\n"
+HAPROXY_V2 = bytes.fromhex("0d0a0d0a000d0a515549540a2111000c7f0000057f000001edf9d7a7")
+HAPROXY_V1_CHECK = b"PROXY TCP4 127.0.0.1 127.0.0.1 60614 24301\r\n"
+HAPROXY_V2_CHECK = bytes.fromhex("0d0a0d0a000d0a515549540a20000000")
 
 
-@pytest.mark.parametrize("data, source", [(HAPROXY_V1, ("127.0.0.1", 51234)), (HAPROXY_V2, ("127.0.0.1", 51234)),
-                                          (HAPROXY_V2_CHECK, None)])
+@pytest.mark.parametrize("data, source", [(HAPROXY_V1, ("127.0.0.5", 39655)), (HAPROXY_V2, ("127.0.0.5", 60921)),
+                                          (HAPROXY_V1_CHECK, ("127.0.0.1", 60614)), (HAPROXY_V2_CHECK, None)])
 def test_haproxy_headers(data: bytes, source: tuple | None) -> None:
-    header = parse([data])
-    assert header is not None and header.source == source
+    for chunks in splits(data):
+        header = parse(chunks)
+        assert header is not None and header.source == source and header.trailing == b""
 
 
 # --- what is refused at once -------------------------------------------------------------

@@ -269,17 +269,13 @@ def test_a_real_environment_variable_overrides_a_mapping_of_the_env_file(
 @pytest.mark.parametrize(
     "key, value",
     [
-        ("WILLI_PROXY_PROTOCOL", "on"),
         ("WILLI_METRICS_LISTEN", "127.0.0.1:9125"),
     ],
 )
 def test_a_feature_not_built_yet_stops_the_start_instead_of_being_ignored(
     routes_csv: Path, tmp_path: Path, key: str, value: str
 ) -> None:
-    extra = {key: value}
-    if key == "WILLI_PROXY_PROTOCOL":
-        extra["WILLI_PROXY_PROTOCOL_FROM"] = "127.0.0.1/32"
-    env = base_env(routes_csv, **extra)
+    env = base_env(routes_csv, **{key: value})
     port = int(env["WILLI_LISTEN"].rpartition(":")[2])
     result = run(env=env, tmp_path=tmp_path)
     assert result.returncode == 1, result
