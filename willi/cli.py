@@ -17,7 +17,7 @@ from willi.config import Config, load_config
 from willi.context import Context
 from willi.errors import ConfigError, MappingError, TLSError, WilliError
 from willi.listener import Front, open_listener
-from willi.log import Logger
+from willi.log import Logger, LogWriter, journal_stream
 from willi.reactor import Reactor
 from willi.routing.router import Router, build_mappings
 from willi.session import Session
@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unsupported:
         print(f"willi: configuration error: {unsupported}: not supported by this version yet", file=sys.stderr)
         return 1
-    logger = Logger(sys.stdout, config.log_format, config.log_level)
+    logger = Logger(None, config.log_format, config.log_level,
+                    sink=LogWriter(sys.stdout, config.log_buffer),
+                    journal=journal_stream(os.environ.get("JOURNAL_STREAM"), sys.stdout))
     if args.check:
         return check(config, logger, sys.stdout)
     if args.lookup is not None:
@@ -185,7 +187,19 @@ def _supervise(config: Config, logger: Logger) -> int:
     return status
 
 
+LOG_FLUSH_TIMEOUT = 2.0  # at exit, how long a stalled reader of stdout may hold us
+
+
 def _serve_one(config: Config, logger: Logger) -> int:
+    # After any fork: the writer thread belongs to the serving process.
+    logger.sink.start(lambda count: logger.render("warning", "log_dropped", count=count))
+    try:
+        return _serve(config, logger)
+    finally:
+        logger.sink.close(LOG_FLUSH_TIMEOUT)
+
+
+def _serve(config: Config, logger: Logger) -> int:
     try:
         router = _router(config, logger)
         sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
