@@ -18,6 +18,8 @@ from willi.context import Context
 from willi.errors import ConfigError, MappingError, TLSError, WilliError
 from willi.listener import Front, open_listener
 from willi.log import Logger, LogWriter, journal_stream
+from willi.metrics_http import MetricsServer
+from willi.observe import ObservedLogger, Observer, legacy_session_hooks
 from willi.reactor import Reactor
 from willi.routing.router import Router, build_mappings
 from willi.session import Session
@@ -65,8 +67,6 @@ def _not_built_yet(config: Config) -> str | None:
         return f"WILLI_UPSTREAM_PROXY_PROTOCOL={config.upstream_proxy_protocol}"
     if config.upstream_auth != "off":
         return f"WILLI_UPSTREAM_AUTH={config.upstream_auth}"
-    if config.metrics_listen is not None:
-        return "WILLI_METRICS_LISTEN"
     return None
 
 
@@ -149,7 +149,7 @@ def _supervise(config: Config, logger: Logger) -> int:
                 for signum in handled:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                code = _serve_one(config, logger.bind(worker=index))
+                code = _serve_one(config, logger.bind(worker=index), index)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -190,19 +190,29 @@ def _supervise(config: Config, logger: Logger) -> int:
 LOG_FLUSH_TIMEOUT = 2.0  # at exit, how long a stalled reader of stdout may hold us
 
 
-def _serve_one(config: Config, logger: Logger) -> int:
+def _serve_one(config: Config, logger: Logger, worker: int = 0) -> int:
     # After any fork: the writer thread belongs to the serving process.
     logger.sink.start(lambda count: logger.render("warning", "log_dropped", count=count))
     try:
-        return _serve(config, logger)
+        return _serve(config, logger, worker)
     finally:
         logger.sink.close(LOG_FLUSH_TIMEOUT)
 
 
-def _serve(config: Config, logger: Logger) -> int:
+def metrics_address(config: Config, worker: int) -> tuple[str, int] | None:
+    """WILLI_WORKERS=N: worker i serves its own metrics on port + i (README "Metrics")."""
+    if config.metrics_listen is None:
+        return None
+    host, port = config.metrics_listen
+    return host, port + worker
+
+
+def _serve(config: Config, logger: Logger, worker: int = 0) -> int:
     try:
         router = _router(config, logger)
         sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
+        metrics_at = metrics_address(config, worker)
+        metrics_sock = open_listener(*metrics_at) if metrics_at else None
         contexts = {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
     except (MappingError, TLSError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
@@ -215,14 +225,23 @@ def _serve(config: Config, logger: Logger) -> int:
         starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
         xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient),
         contexts.get, logger)
+    observer = Observer(logger)
     try:
-        ctx = Context(config, reactor, workers, router, dialer, logger)
+        ctx = Context(config, reactor, workers, router, dialer, logger, observer)
     except TLSError as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
-    front = Front(reactor, sockets, lambda sock, peer: Session(ctx, sock, peer),
-                  config.max_connections, config.max_connections_per_ip, logger)
-    ctx.on_session_closed = front.session_closed
+    # Until the session and the listener report to the observer themselves (see willi.observe).
+    new_session, session_closed = legacy_session_hooks(
+        observer, lambda sock, peer: Session(ctx, sock, peer), lambda session: front.session_closed(session),
+        ctx.legacy_transactions.take_count)
+    front = Front(reactor, sockets, new_session,
+                  config.max_connections, config.max_connections_per_ip, ObservedLogger(observer))
+    ctx.on_session_closed = session_closed
+    metrics = observer.metrics
+    metrics.worker_queue_depth.set_function(lambda: workers.depth)
+    metrics.log_lines_dropped.set_function(lambda: logger.sink.dropped)
+    metrics_server = MetricsServer(reactor, metrics_sock, metrics.render) if metrics_sock else None
     lifecycle = _Lifecycle(config, reactor, ctx, front, router, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGINT, lifecycle.shutdown)
@@ -231,11 +250,17 @@ def _serve(config: Config, logger: Logger) -> int:
     for host, port in config.listen:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as WILLI_LISTEN writes it
         logger.info("listening", address=shown, hostname=config.hostname, version=__version__)
+    if metrics_server is not None and metrics_at is not None:
+        metrics_server.start()
+        host, port = metrics_at
+        logger.info("metrics_listening", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     try:
         reactor.run()
     finally:
         dialer.pool.close()
         front.close_listeners()
+        if metrics_server is not None:
+            metrics_server.close()
         workers.close(timeout=0.5)
         router.close()
         reactor.close()

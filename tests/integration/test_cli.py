@@ -271,7 +271,6 @@ def test_a_real_environment_variable_overrides_a_mapping_of_the_env_file(
     [
         ("WILLI_PROXY_PROTOCOL", "on"),
         ("WILLI_UPSTREAM_PROXY_PROTOCOL", "v2"),
-        ("WILLI_METRICS_LISTEN", "127.0.0.1:9125"),
     ],
 )
 def test_a_feature_not_built_yet_stops_the_start_instead_of_being_ignored(

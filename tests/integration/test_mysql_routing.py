@@ -309,7 +309,7 @@ def test_each_key_form_in_mysql_delivers_to_the_upstream_its_row_names(
     marker = deliver(willi, rcpt)
     assert holders(upstreams, marker) == {upstream: [[rcpt]]}
     record = events(willi, "transaction", rcpts=rcpt)[-1]
-    assert record["result"] == "250"
+    assert record["code"] == "250"
     assert record["upstream"] == f"smtp://{upstreams[upstream].address}"
 
 
