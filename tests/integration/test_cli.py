@@ -69,9 +69,12 @@ def test_version_prints_the_version_and_exits_0() -> None:
 def test_check_of_a_good_configuration_exits_0_with_one_clear_line(
     routes_csv: Path, tmp_path: Path
 ) -> None:
-    result = run("--check", env=base_env(routes_csv), tmp_path=tmp_path)
+    env = base_env(routes_csv)
+    result = run("--check", env=env, tmp_path=tmp_path)
     assert result.returncode == 0, result
-    assert lines(result.stdout) == ["willi: configuration ok (1 mappings)"]
+    # The effective configuration first (as `postconf -n`), then the verdict.
+    assert lines(result.stdout) == [f"{key}={value}" for key, value in env.items()] + [
+        "willi: configuration ok (1 mappings)"]
     assert result.stderr == ""
 
 

@@ -303,7 +303,7 @@ def test_willi_listens_on_an_ipv4_and_an_ipv6_address_and_delivers_from_both(
                                               b"Subject: over " + tag + b"\r\n\r\nhello\r\n")
                 assert refused_rcpts == {}
         upstream.wait_for_messages(2)
-        lines = transactions(willi)
+        lines = wait_until(lambda: transactions(willi)[1:] and transactions(willi), 5.0, 0.02, "two transactions")
     assert [m.body for m in upstream.messages] == [
         b"Subject: over v4\r\n\r\nhello\r\n", b"Subject: over v6\r\n\r\nhello\r\n"]
     assert [line["client"] for line in lines] == [LOOPBACK_V4, LOOPBACK_V6]

@@ -127,7 +127,8 @@ def test_counters_match_the_traffic_sent(launch) -> None:
     assert delta(before, after, "willi_recipients_total", status="sent", src="upstream") == 3
     assert after[("willi_log_lines_dropped_total", ())] == 0
     # The log has a line per recipient and per session for the same traffic.
-    lines = willi.log_lines()
+    lines = wait_until(lambda: len([r for r in willi.log_lines() if r.get("event") == "disconnect"]) >= 5 + 1
+                       and willi.log_lines(), 5.0, 0.02, "the lines of every session")
     assert sorted(r["to"] for r in lines if r.get("event") == "recipient") == [
         "user0@a.test", "user1@a.test", "user2@a.test"]
     assert {r["status"] for r in lines if r.get("event") == "recipient"} == {"sent"}

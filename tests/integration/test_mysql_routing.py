@@ -266,10 +266,11 @@ def rcpt_reply(willi: WilliProcess, rcpt: str) -> Reply:
 
 
 def events(willi: WilliProcess, name: str, **fields: str) -> list[dict[str, str]]:
-    return [
+    """The matching log records, waiting for the first (lines are written off the reactor thread)."""
+    return wait_until(lambda: [
         record for record in willi.log_lines()
         if record.get("event") == name and all(record.get(key) == value for key, value in fields.items())
-    ]
+    ], 5.0, 0.02, f"a {name} line with {fields}")
 
 
 def mapping_name(mariadb: MariaDB, n: int = 1) -> str:

@@ -68,3 +68,12 @@ def test_label_sets_are_capped_so_no_input_grows_a_metric_without_bound() -> Non
     assert counter.value("other") == MAX_SERIES * 2
     counter.inc("target0")  # a known one still counts as itself
     assert counter.value("target0") == 2
+
+
+def test_the_readme_lists_every_metric_with_its_type_and_labels() -> None:
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for metric in Metrics().all():
+        row = f"| `{metric.name}` | {metric.kind} | {', '.join(metric.labelnames) or '—'} | {metric.help} |"
+        assert row in readme, row
