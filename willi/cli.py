@@ -7,23 +7,22 @@ everything else gets what it needs passed in (SPEC §6).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
-import socket
 import sys
 from typing import Any, Sequence, TextIO
 
 from willi import __version__, tls
-from willi import config as config_table
 from willi.config import Config, load_config
 from willi.context import Context
+from willi.effective import effective_config
 from willi.errors import ConfigError, MappingError, TLSError, WilliError
 from willi.listener import Front, open_listener
 from willi.log import Logger, LogWriter, journal_stream
 from willi.metrics_http import MetricsServer
 from willi.observe import ObservedLogger, Observer, legacy_session_hooks
 from willi.reactor import Reactor
-from willi.routing import MappingSpec
 from willi.routing.router import Router, build_mappings
 from willi.session import Session
 from willi.smtp.address import AddressError, parse_path_argument
@@ -98,56 +97,6 @@ def check(config: Config, logger: Logger, out: TextIO) -> int:
     return 0
 
 
-_MAPPING_OPTIONS = (("QUERY", "query"), ("CACHE_TTL", "cache_ttl"), ("MISS_TTL", "miss_ttl"),
-                    ("STALE_TTL", "stale_ttl"), ("TLS_VERIFY", "tls_verify"))
-
-
-def effective_config(config: Config) -> list[str]:
-    """Every key whose value differs from its default, as `KEY=value` lines an
-    env file takes back, passwords masked: what `postconf -n` is to Postfix."""
-    defaults = Config(hostname=socket.getfqdn())
-    lines = []
-    for key in config_table.KEYS:
-        value = getattr(config, key.field)
-        if value != getattr(defaults, key.field) and value is not None:
-            lines.append(f"{key.name}={config_table.mask(key.name, _shown(key.parse, value))}")
-    plain = MappingSpec(index=0, uri="")
-    for spec in config.mappings:
-        name = f"WILLI_MAPPING_{spec.index}"
-        lines.append(f"{name}={config_table.mask(name, spec.uri)}")
-        for suffix, field_name in _MAPPING_OPTIONS:
-            value = getattr(spec, field_name)
-            if value != getattr(plain, field_name):
-                parse = config_table.parse_bool if isinstance(value, bool) else config_table.parse_duration
-                lines.append(f"{name}_{suffix}={_shown(parse, value)}")
-    return lines
-
-
-def _shown(parse: Any, value: Any) -> str:
-    """A parsed value written back as its key's parser reads it."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if parse in (config_table.parse_duration, config_table.parse_duration_or_off):
-        return f"{value:g}s"
-    if parse is config_table.parse_size:
-        for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-            if value % size == 0:
-                return f"{value // size}{unit}"
-        return str(value)
-    if parse is config_table.parse_listen:
-        return ",".join(_address(address) for address in value)
-    if parse is config_table.parse_address:
-        return _address(value)
-    if isinstance(value, tuple):
-        return ",".join(str(item) for item in value)
-    return str(value)
-
-
-def _address(address: tuple[str, int]) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def lookup(config: Config, logger: Logger, text: str, out: TextIO) -> int:
     """Like `postmap -q`: the route, and which mapping and key answered."""
     try:
@@ -204,7 +153,7 @@ def _supervise(config: Config, logger: Logger) -> int:
                 for signum in handled:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                code = _serve_one(config, logger.bind(worker=index), index)
+                code = _serve_one(worker_config(config, index), logger.bind(worker=index))
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -242,32 +191,22 @@ def _supervise(config: Config, logger: Logger) -> int:
     return status
 
 
+def worker_config(config: Config, index: int) -> Config:
+    """WILLI_WORKERS=N: worker i serves its own metrics on port + i (README "Metrics")."""
+    if config.metrics_listen is None:
+        return config
+    host, port = config.metrics_listen
+    return dataclasses.replace(config, metrics_listen=(host, port + index))
+
+
 LOG_FLUSH_TIMEOUT = 2.0  # at exit, how long a stalled reader of stdout may hold us
 
 
-def _serve_one(config: Config, logger: Logger, worker: int = 0) -> int:
-    # After any fork: the writer thread belongs to the serving process.
-    logger.sink.start(lambda count: logger.render("warning", "log_dropped", count=count))
-    try:
-        return _serve(config, logger, worker)
-    finally:
-        logger.sink.close(LOG_FLUSH_TIMEOUT)
-
-
-def metrics_address(config: Config, worker: int) -> tuple[str, int] | None:
-    """WILLI_WORKERS=N: worker i serves its own metrics on port + i (README "Metrics")."""
-    if config.metrics_listen is None:
-        return None
-    host, port = config.metrics_listen
-    return host, port + worker
-
-
-def _serve(config: Config, logger: Logger, worker: int = 0) -> int:
+def _serve_one(config: Config, logger: Logger) -> int:
     try:
         router = _router(config, logger)
         sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
-        metrics_at = metrics_address(config, worker)
-        metrics_sock = open_listener(*metrics_at) if metrics_at else None
+        metrics_sock = open_listener(*config.metrics_listen) if config.metrics_listen else None
         contexts = {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
     except (MappingError, TLSError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
@@ -305,10 +244,12 @@ def _serve(config: Config, logger: Logger, worker: int = 0) -> int:
     for host, port in config.listen:
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as WILLI_LISTEN writes it
         logger.info("listening", address=shown, hostname=config.hostname, version=__version__)
-    if metrics_server is not None and metrics_at is not None:
+    if metrics_server is not None and config.metrics_listen is not None:
         metrics_server.start()
-        host, port = metrics_at
+        host, port = config.metrics_listen
         logger.info("metrics_listening", address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    # From here on log lines leave through the writer thread (started after any fork).
+    logger.sink.start(lambda count: logger.render("warning", "log_dropped", count=count))
     try:
         reactor.run()
     finally:
@@ -320,6 +261,7 @@ def _serve(config: Config, logger: Logger, worker: int = 0) -> int:
         router.close()
         reactor.close()
     logger.info("stopped")
+    logger.sink.close(LOG_FLUSH_TIMEOUT)
     return 0
 
 

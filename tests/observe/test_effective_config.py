@@ -8,7 +8,7 @@ import dataclasses
 import socket
 from pathlib import Path
 
-from willi.cli import effective_config
+from willi.effective import effective_config
 from willi.config import load_config
 from tests.support.willi_process import WilliProcess
 
