@@ -75,10 +75,11 @@ class Observer:
             metrics.bytes_received.inc(amount=_number(record.extra.get("bytes_in")))
             metrics.bytes_sent.inc(amount=_number(record.extra.get("bytes_out")))
         if self._info:
-            self.logger.info(
-                record.event, session=record.session, client=record.client, port=record.port, name=record.name,
+            fields: dict[str, object] = dict(
+                session=record.session, client=record.client, port=record.port, name=record.name,
                 reason=record.reason, tls=record.tls,
-                transactions=record.transactions if record.event == "disconnect" else None, **record.extra)
+                transactions=record.transactions if record.event == "disconnect" else None)
+            self._log("info", record.event, {**record.extra, **fields})
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         bump = self._events.get(name)
@@ -86,7 +87,14 @@ class Observer:
             bump(fields)
         if name == "lookup":
             level = "warning" if fields.get("result") == "error" else "debug"
-        self.logger.log(level, name, **fields)
+        self._log(level, name, fields)
+
+    def _log(self, level: str, name: str, fields: dict[str, object]) -> None:
+        """A producer's field may not pose as the line's own ts, level or event."""
+        if _RESERVED.isdisjoint(fields):
+            self.logger.log(level, name, **fields)
+        else:
+            self.logger.log(level, name, **{f"{k}_" if k in _RESERVED else k: v for k, v in fields.items()})
 
     # --- counting events ------------------------------------------------------------
     def _refused(self, fields: dict[str, Any]) -> None:
@@ -103,6 +111,9 @@ class Observer:
         seconds = fields.get("seconds")
         if isinstance(seconds, (int, float)):
             self.metrics.lookup_duration.observe(float(seconds), mapping)
+
+
+_RESERVED = frozenset({"ts", "level", "event"})
 
 
 def _number(value: object) -> float:

@@ -11,6 +11,7 @@ the pipe stays full.
 from __future__ import annotations
 
 import fcntl
+import http.client
 import os
 import select
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.net import free_port, wait_until
 from tests.support.upstream import ScriptableUpstream
@@ -38,6 +40,7 @@ class PipedWilli:
 
     def __init__(self, tmp_path: Path, upstream_port: int, **keys: str) -> None:
         self.port = free_port()
+        self.metrics_port = int(keys.get("WILLI_METRICS_LISTEN", ":0").rpartition(":")[2])
         env = {"WILLI_LISTEN": f"127.0.0.1:{self.port}", "WILLI_HOSTNAME": "willi.test",
                "WILLI_MAPPING_1": f"static:127.0.0.1:{upstream_port}", **keys}
         self.env_file = write_env_file(tmp_path / "willi.env", env)
@@ -88,11 +91,23 @@ def upstream() -> Iterator[ScriptableUpstream]:
 
 @pytest.fixture
 def piped(tmp_path: Path, upstream: ScriptableUpstream) -> Iterator[PipedWilli]:
-    willi = PipedWilli(tmp_path, upstream.port, WILLI_LOG_BUFFER="5")
+    willi = PipedWilli(tmp_path, upstream.port, WILLI_LOG_BUFFER="5", WILLI_METRICS_LISTEN=f"127.0.0.1:{free_port()}")
     try:
         yield willi
     finally:
         willi.stop()
+
+
+def dropped_lines(port: int) -> float:
+    """willi_log_lines_dropped_total, read from /metrics."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        text = connection.getresponse().read().decode()
+    finally:
+        connection.close()
+    return next(s.value for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "willi_log_lines_dropped_total")
 
 
 def send(port: int, count: int) -> None:
@@ -107,10 +122,13 @@ def test_willi_relays_while_nobody_reads_its_stdout_and_reports_the_lost_lines(
     # Client sends 30 messages while the pipe is full: every one is relayed at once.
     send(piped.port, MESSAGES)
     assert len(upstream.wait_for_messages(MESSAGES)) == MESSAGES
+    # Still stalled, the metrics endpoint answers and counts the lines lost so far.
+    lost = dropped_lines(piped.metrics_port)
+    assert lost > 0
     # The collector comes back: Willi says how many lines it could not write.
     records = piped.read_until(lambda r: r.get("event") == "log_dropped")
     reports = [r for r in records if r.get("event") == "log_dropped"]
-    assert reports[0]["level"] == "warning" and int(reports[0]["count"]) > 0
+    assert reports[0]["level"] == "warning" and 0 < int(reports[0]["count"]) <= dropped_lines(piped.metrics_port)
     # And lines flow again: a new message is logged as usual.
     with smtplib.SMTP("127.0.0.1", piped.port, timeout=5) as client:
         client.sendmail(SENDER, ["after@a.test"], BODY)

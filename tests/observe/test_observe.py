@@ -159,3 +159,12 @@ def test_the_old_sessions_transaction_dict_becomes_records_without_a_false_250()
     assert (quit_txn["status"], quit_txn.get("code"), quit_txn["txn"]) == ("deferred", None, "1f.3.1")
     assert (bounce_rcpt["status"], bounce_rcpt["code"], bounce_rcpt["src"]) == (BOUNCED, "550", "upstream")
     assert bounce_txn["txn"] == "1f.3.2"  # unique per transaction, not per session
+
+
+def test_a_field_cannot_pose_as_the_lines_own_level_or_event() -> None:
+    obs, sink = observer()
+    obs.event("protocol_error", session="1f.3", event="forged", level_="x", ts="0")
+    obs.session(SessionRecord("connect", "1f.3", "192.0.2.7", 1, extra={"session": "forged", "level": "error"}))
+    first, second = sink.records()
+    assert (first["event"], first["event_"], first["ts_"]) == ("protocol_error", "forged", "0")
+    assert (second["level"], second["session"], second["level_"]) == ("info", "1f.3", "error")
