@@ -88,6 +88,7 @@ class LogWriter:
 
     def __init__(self, stream: TextIO, limit: int = BUFFER_LINES) -> None:
         self._direct = DirectSink(stream)
+        self._fd = -1
         self._stream = stream
         self._limit = limit
         self._lines: collections.deque[str] = collections.deque()
@@ -117,8 +118,12 @@ class LogWriter:
         """From now on lines go through the buffer (call it after any fork)."""
         if self._thread is not None:
             return
+        try:
+            self._stream.flush()
+            self._fd = self._stream.fileno()
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            return  # no descriptor (a test's StringIO): keep writing directly
         self._report = report
-        self._stream.flush()
         self._thread = threading.Thread(target=self._run, name="willi-log", daemon=True)
         self._thread.start()
 
@@ -136,7 +141,7 @@ class LogWriter:
         return len(self._lines)
 
     def _run(self) -> None:
-        fd = self._stream.fileno()
+        fd = self._fd
         while True:
             with self._cond:
                 while not self._lines and not self._closing:
@@ -149,7 +154,10 @@ class LogWriter:
                 self._lines.clear()
                 unreported, self._unreported = self._unreported, 0
             if unreported:
-                batch.append(self._report(unreported))
+                try:
+                    batch.append(self._report(unreported))
+                except Exception:  # the writer must outlive a bad formatter
+                    batch.append(f"event=log_dropped count={unreported}")
             text = "".join(line + "\n" for line in batch)
             if not _write_all(fd, text.encode("utf-8", "backslashreplace")):
                 with self._cond:

@@ -141,3 +141,14 @@ def test_journal_stream_must_name_our_own_stdout(pipe, tmp_path) -> None:
         assert not journal_stream(f"{status.st_dev}:{status.st_ino}", other)  # inherited, stdout moved
     assert not journal_stream(None, stream) and not journal_stream("", stream)
     assert not journal_stream("garbage", stream)
+
+
+def test_a_stream_without_a_descriptor_is_written_directly_even_after_start() -> None:
+    import io
+
+    stream = io.StringIO()
+    writer = LogWriter(stream)
+    writer.start(lambda n: f"dropped {n}")
+    Logger(None, sink=writer, clock=lambda: 0.0).info("x")
+    assert stream.getvalue() == "ts=1970-01-01T00:00:00.000Z level=info event=x\n"
+    writer.close(1.0)
