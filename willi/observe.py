@@ -197,10 +197,12 @@ class ObservedLogger:
 
 
 def legacy_session_hooks(observer: Observer, new_session: Callable[[Any, tuple[str, int]], Any],
-                         closed: Callable[[Any], None], transactions: Callable[[str], int]
+                         closed: Callable[[Any], None], transactions: Callable[[str], int] | None = None
                          ) -> tuple[Callable[..., Any], Callable[[Any], None]]:
-    """Connect and disconnect records around the old session's factory and
-    close callback (it reports neither itself)."""
+    """Connect and disconnect records around the session factory and its
+    close callback, for a session that reports neither itself. It reads the
+    session's `id`, `peer`, `client` (bytes_in, bytes_out), `client_tls`, and
+    `close_reason` when the session keeps one."""
 
     def opened(sock: Any, peer: tuple[str, int]) -> Any:
         session = new_session(sock, peer)
@@ -210,8 +212,9 @@ def legacy_session_hooks(observer: Observer, new_session: Callable[[Any, tuple[s
     def ended(session: Any) -> None:
         client = session.client
         observer.session(SessionRecord(
-            "disconnect", session.id, session.peer[0], session.peer[1], tls=session.client_tls,
-            transactions=transactions(session.id),
+            "disconnect", session.id, session.peer[0], session.peer[1], tls=getattr(session, "client_tls", None),
+            reason=getattr(session, "close_reason", None),
+            transactions=transactions(session.id) if transactions is not None else 0,
             extra={"bytes_in": client.bytes_in, "bytes_out": client.bytes_out}))
         closed(session)
 
