@@ -213,13 +213,13 @@ def _serve_one(config: Config, logger: Logger) -> int:
         return 1
     reactor = Reactor()
     workers = WorkerPool(reactor, config.lookup_threads, config.lookup_queue)
+    observer = Observer(logger)
     dialer = Dialer(reactor, workers, DialSettings(
         hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
         command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
         starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
         xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient),
-        contexts.get, logger)
-    observer = Observer(logger)
+        contexts.get, ObservedLogger(observer))  # its upstream_failed lines counted by target
     try:
         ctx = Context(config, reactor, workers, router, dialer, logger, observer)
     except TLSError as exc:

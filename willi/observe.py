@@ -172,8 +172,12 @@ class ObservedLogger:
     """A logger for producers that still log events by name: each line goes
     through `observer.event`, so it is counted as well as written."""
 
-    def __init__(self, observer: Observer) -> None:
+    def __init__(self, observer: Observer, fields: dict[str, object] | None = None) -> None:
         self._observer = observer
+        self._fields = fields or {}
+
+    def bind(self, **fields: object) -> ObservedLogger:
+        return ObservedLogger(self._observer, {**self._fields, **fields})
 
     def enabled(self, level: str) -> bool:
         return self._observer.logger.enabled(level)
@@ -181,7 +185,7 @@ class ObservedLogger:
     def log(self, level: str, event: str, **fields: object) -> None:
         if event == "connection_refused" and fields.get("reason") == "connection limit":
             fields["reason"] = "limit"  # the old listener does not say which one
-        self._observer.event(event, level, **fields)
+        self._observer.event(event, level, **{**self._fields, **fields})
 
     def debug(self, event: str, **fields: object) -> None:
         self.log("debug", event, **fields)

@@ -198,3 +198,19 @@ def _free(port: int) -> bool:
             return True
         except OSError:
             return False
+
+
+def test_upstream_failures_are_counted_by_target(launch) -> None:
+    down = free_port()  # nothing listens there
+    metrics_port = free_port()
+    willi = launch.willi({"WILLI_MAPPING_1": f"static:127.0.0.1:{down}",
+                          "WILLI_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
+    before = samples(metrics_port)
+    client = CountingClient(willi.port)
+    assert client.say(b"EHLO client.test\r\n").startswith(b"250")
+    assert client.say(f"MAIL FROM:<{SENDER}>\r\n".encode()).startswith(b"250")
+    assert client.say(b"RCPT TO:<user@a.test>\r\n").startswith(b"451")
+    client.quit()
+    after = samples(metrics_port)
+    assert delta(before, after, "willi_upstream_failures_total", target=f"smtp://127.0.0.1:{down}") == 1
+    assert delta(before, after, "willi_transactions_total", status="deferred") == 1

@@ -168,3 +168,15 @@ def test_a_field_cannot_pose_as_the_lines_own_level_or_event() -> None:
     first, second = sink.records()
     assert (first["event"], first["event_"], first["ts_"]) == ("protocol_error", "forged", "0")
     assert (second["level"], second["session"], second["level_"]) == ("info", "1f.3", "error")
+
+
+def test_json_lines_carry_the_same_fields() -> None:
+    import json
+
+    sink = Lines()
+    obs = Observer(Logger(None, fmt="json", sink=sink, clock=lambda: 0.0))  # type: ignore[arg-type]
+    obs.transaction(txn(status=DEFERRED, code=None, text=None, size=None, aborted="client quit"))
+    record = json.loads(sink.lines[0])
+    assert (record["event"], record["status"], record["nrcpt"], record["refused"]) == (
+        "transaction", "deferred", 2, 1)
+    assert "code" not in record and record["aborted"] == "client quit"
