@@ -259,6 +259,15 @@ DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi"]
 TLS_NAMES = {"direct": "direct-tls", "nginx": "nginx", "willi": "willi", "willi-w2": "willi-w2"}
 
 
+def start_willi_info(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    """Willi logging at info (a recipient and a transaction line per message,
+    plus session lines), beside the default warning: what the logs cost in W1."""
+    return start_willi(registry, rundir, sink_port, opts, {"WILLI_LOG_LEVEL": "info"}, "willi-info")
+
+
+SETUPS["willi-info"] = start_willi_info  # --only willi,willi-info --workload W1
+
+
 def tls_willi_env(opts: Options) -> dict[str, str]:
     assert opts.certs is not None
     return {"WILLI_TLS_CERT": str(opts.certs.cert), "WILLI_TLS_KEY": str(opts.certs.key),

@@ -7,6 +7,7 @@ everything else gets what it needs passed in (SPEC §6).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
@@ -16,9 +17,12 @@ from willi import __version__, tls
 from willi.anvil import ConnectionRate
 from willi.config import Config, load_config
 from willi.context import Context
+from willi.effective import effective_config
 from willi.errors import ConfigError, MappingError, TLSError, WilliError
-from willi.listener import Front, ListenError, interfaces, open_listeners, show_address
-from willi.log import Logger
+from willi.listener import Front, ListenError, interfaces, open_listener, open_listeners, show_address
+from willi.log import Logger, LogWriter, journal_stream
+from willi.metrics_http import MetricsServer
+from willi.observe import ObservedLogger, Observer, legacy_session_hooks
 from willi.reactor import Reactor
 from willi.routing.router import Router, build_mappings
 from willi.session import Session
@@ -44,24 +48,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"willi: configuration error: {exc}", file=sys.stderr)
         return 1
-    unsupported = _not_built_yet(config)
-    if unsupported:
-        print(f"willi: configuration error: {unsupported}: not supported by this version yet", file=sys.stderr)
-        return 1
-    logger = Logger(sys.stdout, config.log_format, config.log_level)
+    logger = Logger(None, config.log_format, config.log_level,
+                    sink=LogWriter(sys.stdout, config.log_buffer),
+                    journal=journal_stream(os.environ.get("JOURNAL_STREAM"), sys.stdout))
     if args.check:
         return check(config, logger, sys.stdout)
     if args.lookup is not None:
         return lookup(config, logger, args.lookup, sys.stdout)
     return serve(config, logger)
-
-
-def _not_built_yet(config: Config) -> str | None:
-    """Keys of the SPEC whose feature is not built yet. Refused rather than
-    ignored: a PROXY header or a metrics port silently missing would be worse."""
-    if config.metrics_listen is not None:
-        return "WILLI_METRICS_LISTEN"
-    return None
 
 
 # --- --check and --lookup -------------------------------------------------------
@@ -83,6 +77,8 @@ def check(config: Config, logger: Logger, out: TextIO) -> int:
     except (MappingError, TLSError) as exc:
         print(f"willi: check failed: {exc}", file=out)
         return 1
+    for line in effective_config(config):
+        print(line, file=out)
     print(f"willi: configuration ok ({len(config.mappings)} mappings)", file=out)
     return 0
 
@@ -165,7 +161,7 @@ def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
                 for signum in handled:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                code = _serve_one(config, logger.bind(worker=index), sockets)
+                code = _serve_one(worker_config(config, index), logger.bind(worker=index), sockets)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -206,28 +202,50 @@ def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
     return status
 
 
+def worker_config(config: Config, index: int) -> Config:
+    """WILLI_WORKERS=N: worker i serves its own metrics on port + i (README "Metrics")."""
+    if config.metrics_listen is None:
+        return config
+    host, port = config.metrics_listen
+    return dataclasses.replace(config, metrics_listen=(host, port + index))
+
+
+LOG_FLUSH_TIMEOUT = 2.0  # at exit, how long a stalled reader of stdout may hold us
+
+
 def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
     try:
         router = _router(config, logger)
+        metrics_sock = open_listener(*config.metrics_listen) if config.metrics_listen else None
         contexts = {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
-    except (MappingError, TLSError, OSError) as exc:
+    except (MappingError, TLSError, ListenError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
     reactor = Reactor()
     workers = WorkerPool(reactor, config.lookup_threads, config.lookup_queue)
-    dialer = Dialer(reactor, workers, dial_settings(config), contexts.get, logger)
+    observer = Observer(logger)
+    dialer = Dialer(reactor, workers, dial_settings(config), contexts.get,
+                    ObservedLogger(observer))  # its upstream_failed lines counted by target
     try:
-        ctx = Context(config, reactor, workers, router, dialer, logger)
+        ctx = Context(config, reactor, workers, router, dialer, logger, observer)
     except TLSError as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
-    front = Front(reactor, sockets, lambda sock, peer: Session(ctx, sock, peer),
+    # Until the session reports to the observer itself (see willi.observe).
+    new_session, session_closed = legacy_session_hooks(
+        observer, lambda sock, peer: Session(ctx, sock, peer), lambda session: front.session_closed(session),
+        ctx.legacy_transactions.take_count)
+    front = Front(reactor, sockets, new_session,
                   config.max_connections, config.max_connections_per_ip, logger,
                   rate=ConnectionRate(config.max_connection_rate_per_ip),
                   rate_exceptions=config.connection_rate_exceptions,
                   proxy_from=config.proxy_protocol_from if config.proxy_protocol else None,
-                  proxy_timeout=config.proxy_protocol_timeout)
-    ctx.on_session_closed = front.session_closed
+                  proxy_timeout=config.proxy_protocol_timeout, observer=observer)
+    ctx.on_session_closed = session_closed
+    metrics = observer.metrics
+    metrics.worker_queue_depth.set_function(lambda: workers.depth)
+    metrics.log_lines_dropped.set_function(lambda: logger.sink.dropped)
+    metrics_server = MetricsServer(reactor, metrics_sock, metrics.render) if metrics_sock else None
     lifecycle = _Lifecycle(config, reactor, ctx, front, router, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGINT, lifecycle.shutdown)
@@ -236,15 +254,23 @@ def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
     for host, port in config.listen:
         logger.info("listening", address=show_address(host, port), interfaces=interfaces(host),
                     hostname=config.hostname, version=__version__)
+    if metrics_server is not None and config.metrics_listen is not None:
+        metrics_server.start()
+        logger.info("metrics_listening", address=show_address(*config.metrics_listen))
+    # From here on log lines leave through the writer thread (started after any fork).
+    logger.sink.start(lambda count: logger.render("warning", "log_dropped", count=count))
     try:
         reactor.run()
     finally:
         dialer.pool.close()
         front.close_listeners()
+        if metrics_server is not None:
+            metrics_server.close()
         workers.close(timeout=0.5)
         router.close()
         reactor.close()
     logger.info("stopped")
+    logger.sink.close(LOG_FLUSH_TIMEOUT)
     return 0
 
 

@@ -81,6 +81,7 @@ class Config:
     workers: int = 1
     log_format: str = "logfmt"  # logfmt | json
     log_level: str = "info"  # debug | info | warning | error
+    log_buffer: int = 10_000  # lines held while the reader of stdout stalls; more are dropped, counted
     metrics_listen: Address | None = None
 
 
@@ -309,6 +310,7 @@ KEYS: tuple[_Key, ...] = (
     _Key("WILLI_WORKERS", "workers", _whole(1)),
     _Key("WILLI_LOG_FORMAT", "log_format", _choice("logfmt", "json")),
     _Key("WILLI_LOG_LEVEL", "log_level", _choice("debug", "info", "warning", "error")),
+    _Key("WILLI_LOG_BUFFER", "log_buffer", _whole(1)),
     _Key("WILLI_METRICS_LISTEN", "metrics_listen", parse_address),
 )
 

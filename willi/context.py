@@ -14,6 +14,7 @@ from typing import Any, Callable
 from willi import dns, replies, tls
 from willi.config import Config
 from willi.log import Logger
+from willi.observe import LegacyTransactions, Observer
 from willi.reactor import Reactor
 from willi.routing.router import Router
 from willi.smtp.server import ServerSettings
@@ -64,13 +65,16 @@ class Context:
     """Shared by all sessions of one reactor."""
 
     def __init__(self, config: Config, reactor: Reactor, workers: WorkerPool, router: Router,
-                 dialer: Dialer, logger: Logger) -> None:
+                 dialer: Dialer, logger: Logger, observer: Observer | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.workers = workers
         self.router = router
         self.dialer = dialer
         self.logger = logger
+        self.observer = observer or Observer(logger)  # log lines and metrics (willi.observe)
+        self.metrics = self.observer.metrics
+        self.legacy_transactions = LegacyTransactions(self.observer)
         self.server_settings = ServerSettings(
             hostname=config.hostname, max_message_size=config.max_message_size,
             max_recipients=config.max_recipients, max_errors=config.max_errors,
@@ -111,4 +115,4 @@ class Context:
         self.on_session_closed(session)
 
     def log_transaction(self, **fields: Any) -> None:
-        self.logger.info("transaction", **fields)
+        self.legacy_transactions(**fields)  # the old session's dict, as records (willi.observe)

@@ -38,6 +38,11 @@ class WorkerPool:
         for thread in self._threads:
             thread.start()
 
+    @property
+    def depth(self) -> int:
+        """Jobs waiting for a thread (the willi_worker_queue_depth gauge)."""
+        return self._jobs.qsize()
+
     def submit(self, fn: Callable[..., Any], args: tuple, callback: Callback) -> None:
         """Run fn(*args) in a thread; callback(result, exc) runs on the reactor."""
         try:

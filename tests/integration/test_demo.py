@@ -139,7 +139,7 @@ def test_the_message_make_run_suggests_reaches_the_demo_upstream_through_willi(
     assert "MAIL FROM <a@b.example>  RCPT TO <user@example.org>" in shown
     assert "Subject: hi\n\nhello" in shown.replace("\r\n", "\n")
     log = willi_out.read_text()
-    assert re.search(r"event=transaction .*rcpts=user@example.org .*result=250", log), log
+    assert re.search(r"event=transaction .*rcpts=user@example.org .*code=250", log), log
 
 
 def test_the_hint_make_run_prints_is_the_readme_command_on_one_line() -> None:

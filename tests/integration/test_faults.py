@@ -171,7 +171,7 @@ def transactions(willi: WilliProcess, sender: str) -> list[dict[str, str]]:
 
 def wait_for_transaction(willi: WilliProcess, sender: str, result: str) -> dict[str, str]:
     return willi.wait_for_log(
-        lambda r: r.get("event") == "transaction" and r.get("sender") == sender and r.get("result") == result
+        lambda r: r.get("event") == "transaction" and r.get("sender") == sender and r.get("code") == result
     )
 
 
@@ -226,7 +226,7 @@ def test_a_client_vanishing_mid_body_never_completes_the_message_upstream(willi,
         lambda r: r.get("event") == "transaction" and r.get("sender") == "client-vanishes@origin.test"
     )
     assert record["rcpts"] == "vanish@a.test" and "client lost" in record.get("aborted", ""), record
-    assert record.get("result") != "250"
+    assert record.get("code") != "250"
 
 
 def test_an_upstream_closing_an_idle_connection_does_not_break_the_next_transaction(
@@ -246,7 +246,7 @@ def test_an_upstream_closing_an_idle_connection_does_not_break_the_next_transact
     record = willi.wait_for_log(
         lambda r: r.get("event") == "transaction" and r.get("rcpts") == "second@a.test"
     )
-    assert (record["result"], record["upstream"]) == ("250", f"smtp://127.0.0.1:{ports.a}")
+    assert (record["code"], record["upstream"]) == ("250", f"smtp://127.0.0.1:{ports.a}")
 
 
 def test_an_upstream_closing_a_reused_connection_as_mail_arrives_makes_willi_dial_anew(
@@ -425,7 +425,7 @@ def test_an_upstream_silent_after_the_final_dot_gives_451_4_4_2_and_nothing_coun
         assert client.command("NOOP").code == 250
     record = wait_for_transaction(impatient_willi, "dot-silence@origin.test", "451")
     assert record["text"].startswith("4.4.2")
-    results = [r.get("result") for r in transactions(impatient_willi, "dot-silence@origin.test")]
+    results = [r.get("code") for r in transactions(impatient_willi, "dot-silence@origin.test")]
     assert "250" not in results, results
     upstream.stop()  # never released: the upstream never answered the dot
     assert upstream.messages == []

@@ -245,7 +245,7 @@ def test_a_body_over_max_message_size_gets_552_after_end_of_data_and_is_never_fi
     record = willi.wait_for_log(
         lambda r: r.get("event") == "transaction" and r.get("sender") == "too-big@origin.test"
     )
-    assert record["result"] == "552"
+    assert record["code"] == "552"
 
 
 # --- message bodies: the SMTP smuggling family ---------------------------------

@@ -266,10 +266,11 @@ def rcpt_reply(willi: WilliProcess, rcpt: str) -> Reply:
 
 
 def events(willi: WilliProcess, name: str, **fields: str) -> list[dict[str, str]]:
-    return [
+    """The matching log records, waiting for the first (lines are written off the reactor thread)."""
+    return wait_until(lambda: [
         record for record in willi.log_lines()
         if record.get("event") == name and all(record.get(key) == value for key, value in fields.items())
-    ]
+    ], 5.0, 0.02, f"a {name} line with {fields}")
 
 
 def mapping_name(mariadb: MariaDB, n: int = 1) -> str:
@@ -309,7 +310,7 @@ def test_each_key_form_in_mysql_delivers_to_the_upstream_its_row_names(
     marker = deliver(willi, rcpt)
     assert holders(upstreams, marker) == {upstream: [[rcpt]]}
     record = events(willi, "transaction", rcpts=rcpt)[-1]
-    assert record["result"] == "250"
+    assert record["code"] == "250"
     assert record["upstream"] == f"smtp://{upstreams[upstream].address}"
 
 

@@ -94,7 +94,7 @@ def test_an_upstream_rcpt_reject_reaches_the_client_byte_for_byte(launch, reject
     assert upstream.messages == []
     assert b"RCPT TO:<gone@example.org>" in upstream.commands
     (record,) = transactions(willi, 1)
-    assert record["result"] == reject[:3].decode()
+    assert record["code"] == reject[:3].decode()
     assert record["text"] == reject[4:].split(b"\r\n")[0].decode()
 
 
@@ -158,7 +158,7 @@ def test_an_upstream_reject_after_data_is_relayed_verbatim(launch, final):
     (message,) = upstream.wait_for_messages(1)
     assert message.body == BODY and message.reply == final
     (record,) = transactions(willi, 1)
-    assert record["result"] == final[:3].decode()
+    assert record["code"] == final[:3].decode()
     assert record["rcpts"] == "rcpt@example.org"
 
 
@@ -191,7 +191,7 @@ def test_every_accepting_reply_is_the_upstreams_own_text(launch):
         assert send_body(client).raw == own["."]
         assert client.command("QUIT").code == 221
     (record,) = transactions(willi, 1)
-    assert (record["result"], record["text"]) == ("250", "2.0.0 Ok: queued as UPSTREAM42")
+    assert (record["code"], record["text"]) == ("250", "2.0.0 Ok: queued as UPSTREAM42")
     assert record["upstream"] == f"smtp://{upstream.address}"
 
 
@@ -302,7 +302,7 @@ def test_a_recipient_of_another_upstream_gets_452_and_goes_there_in_the_next_tra
     assert [m.rcpt_tos for m in two.wait_for_messages(1)] == [[b"b@two.example"]]
     assert "RCPT TO:<b@two.example>".encode() not in one.commands
     first, second = transactions(willi, 2)
-    assert (first["rcpts"], first["rejected"]) == ("a@one.example", "1")
+    assert (first["rcpts"], first["refused"]) == ("a@one.example", "1")
     assert first["upstream"] == f"smtp://{one.address}"
     assert second["rcpts"] == "b@two.example"
     assert second["upstream"] == f"smtp://{two.address}"
@@ -434,7 +434,7 @@ def test_all_targets_dead_gives_451_at_rcpt_and_nothing_is_delivered(launch):
     record = willi.wait_for_log(lambda r: r.get("event") == "upstream_unavailable")
     assert record["server"] == server
     (txn,) = transactions(willi, 1)
-    assert (txn["result"], txn["rejected"]) == ("451", "1")
+    assert (txn["code"], txn["refused"]) == ("451", "1")
 
 
 def test_a_failed_target_is_not_tried_first_by_the_next_session(launch):
@@ -522,5 +522,5 @@ def test_an_lmtp_final_reject_is_relayed_verbatim(launch):
         assert send_body(client).raw == full
         assert client.command("QUIT").code == 221
     (record,) = transactions(willi, 1)
-    assert record["result"] == "552"
+    assert record["code"] == "552"
     assert record["upstream"] == f"lmtp://{lmtp.address}"

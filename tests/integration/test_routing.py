@@ -166,8 +166,8 @@ def test_an_unmapped_recipient_never_reaches_any_upstream(willi, upstreams):
     record = willi.wait_for_log(
         lambda r: r.get("event") == "transaction" and "nobody@unmapped.example" in r.get("text", "")
     )
-    assert record["result"] == "554"
-    assert record["rejected"] == "1"
+    assert record["code"] == "554"
+    assert record["refused"] == "1"
     assert "upstream" not in record and "rcpts" not in record
     assert {name: len(up.sessions) for name, up in upstreams.items()} == sessions
 

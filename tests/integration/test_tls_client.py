@@ -492,7 +492,7 @@ def test_the_transaction_log_line_records_the_client_tls_version_and_cipher(will
         assert smtp.sendmail("sender@example.net", [rcpt], b"Subject: log\r\n\r\nx\r\n") == {}
     record = transaction_for(willi, rcpt)
     assert record["tls"] == f"{version} {cipher}"
-    assert record["result"] == "250"
+    assert record["code"] == "250"
 
     plain_rcpt = new_rcpt("logged-plain")
     with smtplib.SMTP(willi.host, willi.port, local_hostname="client.test", timeout=10) as smtp:
