@@ -36,6 +36,27 @@ bench: $(VENV)/.deps
 	fi
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# make dist: dist/willi.pyz, one file with PyMySQL and python-dotenv inside
+# (stdlib zipapp; both are pure Python). Runs with `python3 willi.pyz` on any
+# Python >= 3.11 with nothing installed. DIST/BUILD move the output (tests).
+DIST  ?= dist
+BUILD ?= build
+dist: $(DIST)/willi.pyz
+
+$(DIST)/willi.pyz: willi.py requirements.txt $(shell find willi -name '*.py')
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && $(SUDO) $(APT) install python3-pip; }
+	rm -rf $(BUILD)/pyz && mkdir -p $(BUILD)/pyz $(DIST)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile --only-binary :all: \
+	  --target $(BUILD)/pyz -r requirements.txt
+	rm -rf $(BUILD)/pyz/bin
+	cp -R willi $(BUILD)/pyz/willi
+	cp willi.py $(BUILD)/pyz/__main__.py
+	find $(BUILD)/pyz -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -m zipapp $(BUILD)/pyz -o $@.tmp -p '/usr/bin/env python3' -c
+	mv $@.tmp $@
+	@echo "built $@"
+
 # --- installing what the two commands need ------------------------------------
 system-venv:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
@@ -63,4 +84,4 @@ $(VENV)/.test-deps: requirements.txt requirements-test.txt | system-venv
 	touch $(VENV)/.deps $@
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache .hypothesis
+	rm -rf $(VENV) dist build .pytest_cache .hypothesis
