@@ -9,17 +9,20 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import socket
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from willi import __version__, tls
 from willi.config import Config, load_config
 from willi.context import Context
-from willi.errors import ConfigError, MappingError, TLSError, WilliError
+from willi.errors import ConfigError, MappingError, TLSError
 from willi.listener import Front, open_listener
 from willi.log import Logger
 from willi.reactor import Reactor
+from willi.reload import Reloader
 from willi.routing.router import Router, build_mappings
+from willi.sdnotify import Notifier
 from willi.session import Session
 from willi.smtp.address import AddressError, parse_path_argument
 from willi.upstream_link import DialSettings, Dialer
@@ -37,8 +40,9 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(sys.argv[1:] if argv is None else argv)
+    unknown: list[tuple[str, str | None]] = []
     try:
-        config = load_config(args.config, os.environ)
+        config = load_config(args.config, os.environ, lambda key, hint: unknown.append((key, hint)))
     except ConfigError as exc:
         print(f"willi: configuration error: {exc}", file=sys.stderr)
         return 1
@@ -47,11 +51,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"willi: configuration error: {unsupported}: not supported by this version yet", file=sys.stderr)
         return 1
     logger = Logger(sys.stdout, config.log_format, config.log_level)
+    for key, hint in unknown:
+        # Not an error: Kubernetes service links and other tools set WILLI_* too.
+        logger.warning("unknown_variable", variable=key, action="ignored",
+                       hint=f"did you mean {hint}?" if hint else None)
     if args.check:
         return check(config, logger, sys.stdout)
     if args.lookup is not None:
         return lookup(config, logger, args.lookup, sys.stdout)
-    return serve(config, logger)
+    # SIGHUP reads the same file and environment again (SPEC §6).
+    return serve(config, logger, lambda: load_config(args.config, os.environ),
+                 Notifier.from_environ(os.environ))
 
 
 def _not_built_yet(config: Config) -> str | None:
@@ -79,16 +89,35 @@ def check(config: Config, logger: Logger, out: TextIO) -> int:
         if config.tls_cert and config.tls_key:
             tls.server_context(config.tls_cert, config.tls_key)
         _upstream_tls(config, True)
+        _resolve_listen(config)
         router = _router(config, logger)
         try:
             router.check()
         finally:
             router.close()
-    except (MappingError, TLSError) as exc:
+    except (MappingError, TLSError, ConfigError) as exc:
         print(f"willi: check failed: {exc}", file=out)
         return 1
     print(f"willi: configuration ok ({len(config.mappings)} mappings)", file=out)
     return 0
+
+
+def _resolve_listen(config: Config) -> None:
+    """Every listen address must resolve to something bindable (ConfigError)."""
+    addresses = [("WILLI_LISTEN", address) for address in config.listen]
+    if config.metrics_listen is not None:
+        addresses.append(("WILLI_METRICS_LISTEN", config.metrics_listen))
+    for key, (host, port) in addresses:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(key, _shown(host, port), f"an address that resolves ({reason})") from None
+
+
+def _shown(host: str, port: int) -> str:
+    """An address as WILLI_LISTEN writes it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def lookup(config: Config, logger: Logger, text: str, out: TextIO) -> int:
@@ -118,13 +147,33 @@ def _upstream_tls(config: Config, verify: bool) -> Any:
                               config.upstream_tls_key)
 
 
-def serve(config: Config, logger: Logger) -> int:
+def _dial_settings(config: Config) -> DialSettings:
+    return DialSettings(
+        hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
+        command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
+        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
+        xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient)
+
+
+def _upstream_contexts(config: Config) -> dict[bool, Any]:
+    return {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
+
+
+Load = Callable[[], Config]
+
+
+def serve(config: Config, logger: Logger, load: Load | None = None,
+          notifier: Notifier | None = None) -> int:
+    """Serve until SIGTERM; `load` re-reads the configuration on SIGHUP and
+    `notifier` tells systemd (READY, RELOADING, STOPPING)."""
+    load = load or (lambda: config)
+    notifier = notifier or Notifier(None)
     if config.workers > 1:
-        return _supervise(config, logger)
-    return _serve_one(config, logger)
+        return _supervise(config, logger, load, notifier)
+    return _serve_one(config, logger, load, notifier)
 
 
-def _supervise(config: Config, logger: Logger) -> int:
+def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier) -> int:
     """WILLI_WORKERS=N: N reactor processes on one SO_REUSEPORT port (SPEC §1).
 
     The parent only forks, forwards signals and restarts a worker that died
@@ -147,7 +196,8 @@ def _supervise(config: Config, logger: Logger) -> int:
                 for signum in handled:
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                code = _serve_one(config, logger.bind(worker=index))
+                # only the main process speaks to systemd (NotifyAccess=main)
+                code = _serve_one(config, logger.bind(worker=index), load, Notifier(None))
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -155,17 +205,24 @@ def _supervise(config: Config, logger: Logger) -> int:
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
+        if signum == signal.SIGHUP:
+            notifier.reloading()  # each worker reloads itself and logs how it went
+        elif not stopping:
+            notifier.stopping()
         stopping = stopping or signum != signal.SIGHUP
         for pid in children:
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+        if signum == signal.SIGHUP:
+            notifier.ready()
 
     for signum in handled:
         signal.signal(signum, forward)
     for index in range(config.workers):
         spawn(index)
+    notifier.ready(f"{config.workers} workers")
     status = 0
     while children:
         pid, raw = os.wait()
@@ -185,22 +242,17 @@ def _supervise(config: Config, logger: Logger) -> int:
     return status
 
 
-def _serve_one(config: Config, logger: Logger) -> int:
+def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier) -> int:
     try:
         router = _router(config, logger)
         sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
-        contexts = {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
+        contexts = _upstream_contexts(config)
     except (MappingError, TLSError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
     reactor = Reactor()
     workers = WorkerPool(reactor, config.lookup_threads, config.lookup_queue)
-    dialer = Dialer(reactor, workers, DialSettings(
-        hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
-        command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
-        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
-        xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient),
-        contexts.get, logger)
+    dialer = Dialer(reactor, workers, _dial_settings(config), contexts.get, logger)
     try:
         ctx = Context(config, reactor, workers, router, dialer, logger)
     except TLSError as exc:
@@ -209,21 +261,24 @@ def _serve_one(config: Config, logger: Logger) -> int:
     front = Front(reactor, sockets, lambda sock, peer: Session(ctx, sock, peer),
                   config.max_connections, config.max_connections_per_ip, logger)
     ctx.on_session_closed = front.session_closed
-    lifecycle = _Lifecycle(config, reactor, ctx, front, router, logger)
+    reloader = Reloader(config, load, ctx, front, lambda new: _router(new, logger), _dial_settings,
+                        contexts, _upstream_contexts, logger)
+    lifecycle = _Lifecycle(reactor, ctx, front, reloader, notifier, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGINT, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGHUP, lifecycle.reload)
     front.start()
     for host, port in config.listen:
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as WILLI_LISTEN writes it
-        logger.info("listening", address=shown, hostname=config.hostname, version=__version__)
+        logger.info("listening", address=_shown(host, port), hostname=config.hostname, version=__version__)
+    notifier.ready(f"listening on {', '.join(_shown(host, port) for host, port in config.listen)}")
     try:
         reactor.run()
     finally:
         dialer.pool.close()
         front.close_listeners()
         workers.close(timeout=0.5)
-        router.close()
+        for retired in (*reloader.retired, ctx.router):
+            retired.close()
         reactor.close()
     logger.info("stopped")
     return 0
@@ -232,24 +287,25 @@ def _serve_one(config: Config, logger: Logger) -> int:
 class _Lifecycle:
     """SIGTERM drains, SIGHUP reloads (SPEC §6)."""
 
-    def __init__(self, config: Config, reactor: Reactor, ctx: Context, front: Front,
-                 router: Router, logger: Logger) -> None:
-        self.config = config
+    def __init__(self, reactor: Reactor, ctx: Context, front: Front, reloader: Reloader,
+                 notifier: Notifier, logger: Logger) -> None:
         self.reactor = reactor
         self.ctx = ctx
         self.front = front
-        self.router = router
+        self.reloader = reloader
+        self.notifier = notifier
         self.logger = logger
 
     def shutdown(self) -> None:
         if self.ctx.draining:
             return
         self.logger.info("shutting_down", sessions=len(self.front.sessions))
+        self.notifier.stopping(f"draining {len(self.front.sessions)} sessions")
         self.ctx.draining = True
         self.front.close_listeners()
         for session in list(self.front.sessions):
             session.drain()
-        self.reactor.call_later(self.config.shutdown_timeout, self._deadline)
+        self.reactor.call_later(self.ctx.config.shutdown_timeout, self._deadline)
         self._stop_when_empty()
 
     def _stop_when_empty(self) -> None:
@@ -264,12 +320,9 @@ class _Lifecycle:
         self.reactor.stop()
 
     def reload(self) -> None:
+        if self.ctx.draining:
+            return
         self.logger.info("reloading")
-        try:
-            self.router.reload()
-        except WilliError as exc:
-            self.logger.error("reload_failed", part="mappings", error=str(exc))
-        try:
-            self.ctx.reload_tls()
-        except TLSError as exc:
-            self.logger.error("reload_failed", part="tls", error=str(exc))
+        self.notifier.reloading()
+        self.reloader.reload()
+        self.notifier.ready()
