@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench dist clean system-venv system-test-deps
+.PHONY: run test bench dist image clean system-venv system-test-deps
 
 run: $(VENV)/.deps
 	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
@@ -57,6 +57,11 @@ $(DIST)/willi.pyz: willi.py requirements.txt $(shell find willi -name '*.py')
 	mv $@.tmp $@
 	@echo "built $@"
 
+# make image: the container image (Dockerfile) around dist/willi.pyz.
+CONTAINER ?= docker
+image: dist
+	$(CONTAINER) build -t willi:latest .
+
 # --- installing what the two commands need ------------------------------------
 system-venv:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
@@ -67,6 +72,9 @@ system-test-deps:
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v runc >/dev/null || missing="$$missing runc"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
