@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Sequence, TextIO
 
 from willi import __version__, tls
+from willi.activation import listen_sockets
 from willi.config import Config, load_config
 from willi.context import Context
 from willi.errors import ConfigError, MappingError, TLSError
@@ -59,9 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(config, logger, sys.stdout)
     if args.lookup is not None:
         return lookup(config, logger, args.lookup, sys.stdout)
+    try:
+        inherited = listen_sockets(os.environ, os.getpid())  # systemd socket activation
+    except ConfigError as exc:
+        print(f"willi: cannot start: {exc}", file=sys.stderr)
+        return 1
     # SIGHUP reads the same file and environment again (SPEC §6).
     return serve(config, logger, lambda: load_config(args.config, os.environ),
-                 Notifier.from_environ(os.environ))
+                 Notifier.from_environ(os.environ), inherited)
 
 
 def _not_built_yet(config: Config) -> str | None:
@@ -163,17 +169,19 @@ Load = Callable[[], Config]
 
 
 def serve(config: Config, logger: Logger, load: Load | None = None,
-          notifier: Notifier | None = None) -> int:
-    """Serve until SIGTERM; `load` re-reads the configuration on SIGHUP and
-    `notifier` tells systemd (READY, RELOADING, STOPPING)."""
+          notifier: Notifier | None = None, inherited: Sequence[socket.socket] = ()) -> int:
+    """Serve until SIGTERM; `load` re-reads the configuration on SIGHUP,
+    `notifier` tells systemd (READY, RELOADING, STOPPING), and `inherited`
+    listening sockets (socket activation) replace WILLI_LISTEN."""
     load = load or (lambda: config)
     notifier = notifier or Notifier(None)
     if config.workers > 1:
-        return _supervise(config, logger, load, notifier)
-    return _serve_one(config, logger, load, notifier)
+        return _supervise(config, logger, load, notifier, inherited)
+    return _serve_one(config, logger, load, notifier, inherited)
 
 
-def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier) -> int:
+def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
+               inherited: Sequence[socket.socket]) -> int:
     """WILLI_WORKERS=N: N reactor processes on one SO_REUSEPORT port (SPEC §1).
 
     The parent only forks, forwards signals and restarts a worker that died
@@ -197,7 +205,7 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier) -
                     signal.signal(signum, signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
                 # only the main process speaks to systemd (NotifyAccess=main)
-                code = _serve_one(config, logger.bind(worker=index), load, Notifier(None))
+                code = _serve_one(config, logger.bind(worker=index), load, Notifier(None), inherited)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
@@ -242,10 +250,12 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier) -
     return status
 
 
-def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier) -> int:
+def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier,
+               inherited: Sequence[socket.socket] = ()) -> int:
     try:
         router = _router(config, logger)
-        sockets = [open_listener(host, port, reuse_port=config.workers > 1) for host, port in config.listen]
+        sockets = list(inherited) or [open_listener(host, port, reuse_port=config.workers > 1)
+                                      for host, port in config.listen]
         contexts = _upstream_contexts(config)
     except (MappingError, TLSError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
@@ -268,9 +278,11 @@ def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier) -
     reactor.add_signal_handler(signal.SIGINT, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGHUP, lifecycle.reload)
     front.start()
-    for host, port in config.listen:
-        logger.info("listening", address=_shown(host, port), hostname=config.hostname, version=__version__)
-    notifier.ready(f"listening on {', '.join(_shown(host, port) for host, port in config.listen)}")
+    shown = [_shown(*sock.getsockname()[:2]) for sock in sockets]
+    for address in shown:
+        logger.info("listening", address=address, hostname=config.hostname, version=__version__,
+                    activated="systemd" if inherited else None)
+    notifier.ready(f"listening on {', '.join(shown)}")
     try:
         reactor.run()
     finally:

@@ -43,6 +43,12 @@ def test_the_unit_is_hardened(directive: str) -> None:
     assert service()[key] == value
 
 
+def test_the_socket_unit_listens_on_port_25_for_the_service() -> None:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.read_string((UNIT.parent / "willi.socket").read_text())
+    assert parser["Socket"]["ListenStream"] == "25"
+
+
 def test_the_sysusers_file_creates_the_user_the_unit_runs_as() -> None:
     line = (UNIT.parent / "willi.sysusers").read_text().splitlines()[-1].split()
     assert line[:2] == ["u", "willi"]
@@ -50,11 +56,13 @@ def test_the_sysusers_file_creates_the_user_the_unit_runs_as() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
 def test_systemd_analyze_verify_has_nothing_to_say(tmp_path: Path) -> None:
-    copy = tmp_path / "willi.service"
-    copy.write_text(UNIT.read_text())
-    result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True,
-                            timeout=60, stdin=subprocess.DEVNULL)
+    copies = []
+    for name in ("willi.service", "willi.socket"):
+        copies.append(tmp_path / name)
+        copies[-1].write_text((UNIT.parent / name).read_text())
+    result = subprocess.run(["systemd-analyze", "verify", *map(str, copies)], capture_output=True,
+                            text=True, timeout=60, stdin=subprocess.DEVNULL)
     # verify exits 0 even for unknown keys; what it prints is the verdict
     complaints = [line for line in (result.stdout + result.stderr).splitlines()
-                  if line.startswith(str(copy))]
+                  if line.startswith(str(tmp_path))]
     assert result.returncode == 0 and complaints == [], result.stdout + result.stderr
