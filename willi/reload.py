@@ -33,6 +33,7 @@ RESTART_FIELDS = (
 )  # fmt: skip
 _KEY_OF_FIELD = {key.field: key.name for key in KEYS}
 _ROUTER_FIELDS = ("mappings", "recipient_delimiter", "hostname")
+_LOOKUP_GRACE = 10.0  # seconds past WILLI_LOOKUP_TIMEOUT; PyMySQL's read timeout is 5s
 
 
 def changed_keys(old: Config, new: Config) -> list[str]:
@@ -64,7 +65,7 @@ class Reloader:
         self._upstream_tls = upstream_tls  # the dict the dialer reads with .get
         self._build_upstream_tls = build_upstream_tls
         self._logger = logger
-        self.retired: list[Router] = []  # replaced routers, closed by the caller at exit
+        self.retired: list[Router] = []  # replaced routers not closed yet (the caller closes them at exit)
 
     def reload(self) -> bool:
         """Read, build, swap; False (and a log line saying why) when it failed."""
@@ -93,6 +94,18 @@ class Reloader:
         self._swap(old, new, router, server_tls, upstream_tls)
         return True
 
+    def _retire(self, router: Router, lookup_timeout: float) -> None:
+        """Close a replaced router once no lookup can still be running on it
+        (a lookup outlives its session's timer by at most the query's own)."""
+        self.retired.append(router)
+
+        def close() -> None:
+            if router in self.retired:
+                self.retired.remove(router)
+                router.close()
+
+        self._ctx.reactor.call_later(lookup_timeout + _LOOKUP_GRACE, close)
+
     def _keep_restart_fields(self, old: Config, new: Config) -> Config:
         kept = {}
         for name in RESTART_FIELDS:
@@ -108,7 +121,7 @@ class Reloader:
         if router is self._ctx.router:
             router.reload()  # same mappings: re-read the CSV, forget the MySQL cache
         else:
-            self.retired.append(self._ctx.router)
+            self._retire(self._ctx.router, old.lookup_timeout)
         self._ctx.apply(new, router, server_tls)
         self._upstream_tls.update(upstream_tls)
         dialer = self._ctx.dialer
