@@ -21,7 +21,7 @@ from willi.errors import ConfigError, MappingError, TLSError
 from willi.listener import Front, open_listener
 from willi.log import Logger
 from willi.reactor import Reactor
-from willi.reload import Reloader
+from willi.reload import Reloader, keep_restart_fields
 from willi.routing.router import Router, build_mappings
 from willi.sdnotify import Notifier
 from willi.session import Session
@@ -190,6 +190,7 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
     """
     children: dict[int, int] = {}
     stopping = False
+    latest = config  # what a worker started after a SIGHUP serves
 
     handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -202,19 +203,25 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
             code = 1
             try:
                 for signum in handled:
-                    signal.signal(signum, signal.SIG_DFL)
+                    # a SIGHUP before the reactor's handler is in place must not
+                    # end the worker (its default action); it starts on `latest`
+                    signal.signal(signum, signal.SIG_IGN if signum == signal.SIGHUP else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
                 # only the main process speaks to systemd (NotifyAccess=main)
-                code = _serve_one(config, logger.bind(worker=index), load, Notifier(None), inherited)
+                code = _serve_one(latest, logger.bind(worker=index), load, Notifier(None), inherited)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
+        nonlocal stopping, latest
         if signum == signal.SIGHUP:
             notifier.reloading()  # each worker reloads itself and logs how it went
+            try:
+                latest = keep_restart_fields(config, load())
+            except ConfigError:
+                pass  # the workers say why
         elif not stopping:
             notifier.stopping()
         stopping = stopping or signum != signal.SIGHUP

@@ -47,6 +47,11 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     return changed
 
 
+def keep_restart_fields(old: Config, new: Config) -> Config:
+    """`new` with the fields a running process cannot change taken from `old`."""
+    return dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_FIELDS})
+
+
 class Reloader:
     """Holds the configuration in force and replaces it on SIGHUP."""
 
@@ -107,13 +112,11 @@ class Reloader:
         self._ctx.reactor.call_later(lookup_timeout + _LOOKUP_GRACE, close)
 
     def _keep_restart_fields(self, old: Config, new: Config) -> Config:
-        kept = {}
         for name in RESTART_FIELDS:
             if getattr(old, name) != getattr(new, name):
                 self._logger.warning("restart_needed", key=_KEY_OF_FIELD[name],
                                      reason="cannot change in a running process; old value kept")
-                kept[name] = getattr(old, name)
-        return dataclasses.replace(new, **kept) if kept else new
+        return keep_restart_fields(old, new)
 
     def _swap(self, old: Config, new: Config, router: Router, server_tls: ssl.SSLContext | None,
               upstream_tls: dict[bool, ssl.SSLContext | None]) -> None:

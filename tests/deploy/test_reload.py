@@ -6,13 +6,14 @@ why. Each case is a live Willi, its env file rewritten between the signals.
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from tests.support.net import LOOPBACK_V4, SmtpRawClient, free_port, port_accepts
+from tests.support.net import LOOPBACK_V4, SmtpRawClient, free_port, port_accepts, wait_until
 from tests.support.upstream import ScriptableUpstream
 from tests.support.willi_process import WilliProcess, write_env_file
 
@@ -148,3 +149,25 @@ def test_a_reload_that_fails_keeps_everything_and_logs_why(
         assert reload(willi, {**env, "WILLI_MAX_MESSAGE_SIZE": "3MiB"}, "reloaded")["changed"] == \
             "WILLI_MAX_MESSAGE_SIZE"
     assert [m.body for m in a.messages] == [b"Subject: still\r\n\r\nok\r\n"]
+
+
+def test_a_worker_started_after_a_reload_serves_the_reloaded_configuration(
+    upstreams: tuple[ScriptableUpstream, ScriptableUpstream], tmp_path: Path
+) -> None:
+    env = {**start_env(tmp_path, upstreams[0]), "WILLI_WORKERS": "2"}
+    with WilliProcess(env, tmp_path) as willi:
+        listening = lambda: {r["worker"] for r in willi.log_lines() if r.get("event") == "listening"}
+        wait_until(lambda: listening() == {"0", "1"}, 5.0, message="two workers listening")
+        write_env_file(willi.env_file, {**env, "WILLI_MAX_MESSAGE_SIZE": "2MiB"})
+        willi.signal(signal.SIGHUP)
+        wait_until(lambda: len([r for r in willi.log_lines() if r.get("event") == "reloaded"]) == 2, 5.0,
+                   message="both workers reloaded")
+        victim = willi.children()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: victim not in willi.children() and len(willi.children()) == 2, 5.0,
+                   message="the worker replaced")
+        willi.wait_until_ready(5.0)
+        # whichever worker takes the connection, it has the reloaded size
+        for _ in range(12):
+            with SmtpRawClient(willi.host, willi.port) as client:
+                assert ehlo_size(client) == 2 * 1024**2
