@@ -38,7 +38,7 @@ _LOOKUP_GRACE = 10.0  # seconds past WILLI_LOOKUP_TIMEOUT; PyMySQL's read timeou
 
 def changed_keys(old: Config, new: Config) -> list[str]:
     """The WILLI_ keys whose value differs (mappings as WILLI_MAPPING_<N>)."""
-    changed = [_KEY_OF_FIELD[f.name] for f in dataclasses.fields(Config)
+    changed = [_KEY_OF_FIELD.get(f.name, f.name) for f in dataclasses.fields(Config)
                if f.name != "mappings" and getattr(old, f.name) != getattr(new, f.name)]
     before = {spec.index: spec for spec in old.mappings}
     after = {spec.index: spec for spec in new.mappings}
@@ -114,7 +114,7 @@ class Reloader:
     def _keep_restart_fields(self, old: Config, new: Config) -> Config:
         for name in RESTART_FIELDS:
             if getattr(old, name) != getattr(new, name):
-                self._logger.warning("restart_needed", key=_KEY_OF_FIELD[name],
+                self._logger.warning("restart_needed", key=_KEY_OF_FIELD.get(name, name),
                                      reason="cannot change in a running process; old value kept")
         return keep_restart_fields(old, new)
 
