@@ -101,6 +101,19 @@ def test_the_pyz_answers_version_and_check(pyz: Path, tmp_path: Path) -> None:
     assert refused.returncode == 1 and "WILLI_MAX_MESSAGE_SIZE" in refused.stderr, refused
 
 
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no system python3")
+def test_the_systems_own_python_runs_the_pyz_too(pyz: Path, tmp_path: Path) -> None:
+    version = subprocess.run(["/usr/bin/python3", "-c", "import sys; print(sys.version_info >= (3, 11))"],
+                             capture_output=True, text=True, timeout=30)
+    if version.stdout.strip() != "True":
+        pytest.skip("the system python3 is older than 3.11")
+    from willi import __version__
+
+    result = subprocess.run(["/usr/bin/python3", "-I", "-S", str(pyz), "--version"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30, env=child_environ())
+    assert (result.returncode, result.stdout.strip()) == (0, f"willi {__version__}"), result
+
+
 def test_the_pyz_serves_a_message_to_smtp_sink(pyz: Path, sink: SmtpSink, tmp_path: Path) -> None:
     env = {"WILLI_LISTEN": f"{LOOPBACK_V4}:{free_port()}", "WILLI_HOSTNAME": "willi.test",
            "WILLI_MAPPING_1": f"static:{sink.address}", "WILLI_SHUTDOWN_TIMEOUT": "2s"}

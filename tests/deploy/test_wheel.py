@@ -73,6 +73,9 @@ def test_willi_version_runs_from_a_fresh_venv(wheel: Path, tmp_path: Path) -> No
     result = subprocess.run([target / "bin" / "willi", "--version"], capture_output=True, text=True,
                             timeout=30, cwd=tmp_path, env=child_environ())
     assert (result.returncode, result.stdout.strip()) == (0, f"willi {__version__}"), result
+    as_module = subprocess.run([python, "-m", "willi", "--version"], capture_output=True, text=True,
+                               timeout=30, cwd=tmp_path, env=child_environ())
+    assert as_module.stdout.strip() == f"willi {__version__}", as_module
     imported = subprocess.run([python, "-c", "import pymysql, dotenv, willi; print(willi.__file__)"],
                               capture_output=True, text=True, cwd=tmp_path)
     assert str(target) in imported.stdout, imported
