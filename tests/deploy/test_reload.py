@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import smtplib
+import ssl
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
+from tests.support.certs import Pki
 from tests.support.net import LOOPBACK_V4, SmtpRawClient, free_port, port_accepts, wait_until
 from tests.support.upstream import ScriptableUpstream
 from tests.support.willi_process import WilliProcess, write_env_file
@@ -171,3 +174,22 @@ def test_a_worker_started_after_a_reload_serves_the_reloaded_configuration(
         for _ in range(12):
             with SmtpRawClient(willi.host, willi.port) as client:
                 assert ehlo_size(client) == 2 * 1024**2
+
+
+def test_a_certificate_set_by_a_reload_turns_starttls_on_for_new_sessions(
+    upstreams: tuple[ScriptableUpstream, ScriptableUpstream], tmp_path: Path, pki: Pki
+) -> None:
+    env = start_env(tmp_path, upstreams[0])
+    with WilliProcess(env, tmp_path) as willi:
+        with smtplib.SMTP(willi.host, willi.port, local_hostname="client.test", timeout=10) as plain:
+            plain.ehlo()
+            assert not plain.has_extn("starttls")
+        reload(willi, {**env, "WILLI_TLS_CERT": str(pki.willi_cert), "WILLI_TLS_KEY": str(pki.willi_key)},
+               "reloaded")
+        # client says STARTTLS, verifying Willi's certificate against the test CA
+        with smtplib.SMTP(willi.host, willi.port, local_hostname="client.test", timeout=10) as smtp:
+            smtp.ehlo()
+            assert smtp.has_extn("starttls")
+            smtp.starttls(context=ssl.create_default_context(cafile=str(pki.ca_cert)))
+            assert smtp.sendmail(SENDER, ["user@example.org"], b"Subject: over TLS\r\n\r\nhi\r\n") == {}
+    assert [m.body for m in upstreams[0].messages] == [b"Subject: over TLS\r\n\r\nhi\r\n"]
