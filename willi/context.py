@@ -110,13 +110,6 @@ class Context:
     def server_tls(self) -> ssl.SSLContext | None:
         return self._server_tls
 
-    def reload_tls(self) -> None:
-        """SIGHUP: new sessions get the new pair; running ones keep theirs.
-        A pair that no longer loads leaves the old one in force (TLSError)."""
-        config = self.config
-        if config.tls_cert and config.tls_key:
-            self._server_tls = tls.server_context(config.tls_cert, config.tls_key)
-
     def session_closed(self, session: Any) -> None:
         self.on_session_closed(session)
 
