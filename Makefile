@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench dist clean system-venv system-test-deps
+.PHONY: run test bench dist image clean system-venv system-test-deps
 
 run: $(VENV)/.deps
 	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
@@ -38,6 +38,32 @@ bench: $(VENV)/.deps
 	fi
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# make dist: dist/willi.pyz, one file with PyMySQL and python-dotenv inside
+# (stdlib zipapp; both are pure Python). Runs with `python3 willi.pyz` on any
+# Python >= 3.11 with nothing installed. DIST/BUILD move the output (tests).
+DIST  ?= dist
+BUILD ?= build
+dist: $(DIST)/willi.pyz
+
+$(DIST)/willi.pyz: willi.py requirements.txt $(shell find willi -name '*.py')
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -q && $(SUDO) $(APT) install python3-pip; }
+	rm -rf $(BUILD)/pyz && mkdir -p $(BUILD)/pyz $(DIST)
+	$(PYTHON) -m pip install -q --disable-pip-version-check --no-compile --only-binary :all: \
+	  --target $(BUILD)/pyz -r requirements.txt
+	rm -rf $(BUILD)/pyz/bin
+	cp -R willi $(BUILD)/pyz/willi
+	cp willi.py $(BUILD)/pyz/__main__.py
+	find $(BUILD)/pyz -name __pycache__ -prune -exec rm -rf {} +
+	$(PYTHON) -m zipapp $(BUILD)/pyz -o $@.tmp -p '/usr/bin/env python3' -c
+	mv $@.tmp $@
+	@echo "built $@"
+
+# make image: the container image (Dockerfile) around dist/willi.pyz.
+CONTAINER ?= docker
+image: dist
+	$(CONTAINER) build -t willi:latest .
+
 # --- installing what the two commands need ------------------------------------
 system-venv:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
@@ -51,6 +77,9 @@ system-test-deps:
 	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
 	[ -x /usr/lib/dovecot/lmtp ] || missing="$$missing dovecot-lmtpd"; \
 	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v podman >/dev/null || missing="$$missing podman"; \
+	command -v runc >/dev/null || missing="$$missing runc"; \
+	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
@@ -68,4 +97,4 @@ $(VENV)/.test-deps: requirements.txt requirements-test.txt | system-venv
 	touch $(VENV)/.deps $@
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache .hypothesis
+	rm -rf $(VENV) dist build .pytest_cache .hypothesis

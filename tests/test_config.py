@@ -133,7 +133,8 @@ def test_listen_takes_a_list_of_host_port_forms(text: str, addresses: tuple) -> 
 
 @pytest.mark.parametrize(
     "text", ["25", "host", "host:", "host:0", "host:65536", "host:http", "::1:25",
-             "[nonsense]:25", "[::1]", "bad host:25", ","],
+             "[nonsense]:25", "[::1]", "bad host:25", ",", "256.1.1.1:25", "1.2.3:25",
+             "127.0.0.1.1:25"],
 )  # fmt: skip
 def test_listen_refuses_missing_ports_and_unbracketed_ipv6(text: str) -> None:
     with pytest.raises(ValueError, match="host:port"):
@@ -298,10 +299,39 @@ def test_each_bad_value_names_its_key_value_and_what_was_expected(
     assert expected in message and "\n" not in message
 
 
-def test_an_unknown_key_is_refused_with_a_suggestion() -> None:
-    error = refused(WILLI_MAX_RECIPIENT="5")
+def file_refused(directory: Path, text: str) -> ConfigError:
+    """The ConfigError that loading this env file (and an empty environment) raises."""
+    (directory / "willi.env").write_text("WILLI_MAPPING_1=static:a\n" + text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(None, {})
+    return caught.value
+
+
+def test_an_unknown_key_is_refused_with_a_suggestion(no_willi_env: Path) -> None:
+    error = file_refused(no_willi_env, "WILLI_MAX_RECIPIENT=5\n")
     assert error.key == "WILLI_MAX_RECIPIENT"
     assert "did you mean WILLI_MAX_RECIPIENTS?" in str(error)
+
+
+def test_an_unknown_willi_variable_in_the_environment_is_a_warning_with_a_suggestion() -> None:
+    warned: list[tuple[str, str | None]] = []
+    config = load_config(None, {**MAPPING, "WILLI_MAX_RECIPIENT": "5", "WILLI_MAX_RECIPIENTS": "7"},
+                         lambda key, hint: warned.append((key, hint)))
+    assert warned == [("WILLI_MAX_RECIPIENT", "WILLI_MAX_RECIPIENTS")]
+    assert config.max_recipients == 7
+
+
+def test_kubernetes_service_links_named_willi_do_not_stop_the_start() -> None:
+    links = {
+        "WILLI_PORT": "tcp://10.96.0.12:25", "WILLI_SERVICE_HOST": "10.96.0.12",
+        "WILLI_SERVICE_PORT": "25", "WILLI_PORT_25_TCP": "tcp://10.96.0.12:25",
+        "WILLI_PORT_25_TCP_ADDR": "10.96.0.12", "WILLI_PORT_25_TCP_PROTO": "tcp",
+    }
+    warned: list[str] = []
+    config = load_config(None, {**MAPPING, **links}, lambda key, hint: warned.append(key))
+    assert sorted(warned) == sorted(links)
+    assert config == load_config(None, MAPPING)
+    assert load_config(None, {**MAPPING, **links}) == config  # no callback: silently left out
 
 
 def test_an_unknown_key_in_the_file_is_refused_too(no_willi_env: Path) -> None:
@@ -314,8 +344,8 @@ def test_other_environment_variables_are_ignored() -> None:
     assert load(PATH="/usr/bin", LISTEN="nonsense").listen == (("0.0.0.0", 25),)
 
 
-def test_a_mistyped_password_key_does_not_show_the_password() -> None:
-    error = refused(WILLI_UPSTREAM_AUTH_PASSWROD="s3cret")
+def test_a_mistyped_password_key_does_not_show_the_password(no_willi_env: Path) -> None:
+    error = file_refused(no_willi_env, "WILLI_UPSTREAM_AUTH_PASSWROD=s3cret\n")
     assert "s3cret" not in str(error) and "WILLI_UPSTREAM_AUTH_PASSWORD" in str(error)
 
 
@@ -379,13 +409,16 @@ def test_at_least_one_mapping_is_required() -> None:
         {"WILLI_MAPPING_1": "csv:a.csv", "WILLI_MAPPING_1_TLS_VERIFY": "no"},
         {"WILLI_MAPPING_1": "mysql://u:p@db/mail", "WILLI_MAPPING_1_QUERY": "SELECT 1"},
         {"WILLI_MAPPING_1": "mysql://u:p@db/mail", "WILLI_MAPPING_1_CACHE_TTL": "soon"},
-        {"WILLI_MAPPING_1": "static:a", "WILLI_MAPPING_1_FOO": "x"},
     ],
 )
 def test_bad_mapping_keys_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, env)
     assert caught.value.key.startswith("WILLI_MAPPING_")
+
+
+def test_an_unknown_mapping_suffix_in_the_file_is_refused(no_willi_env: Path) -> None:
+    assert file_refused(no_willi_env, "WILLI_MAPPING_1_FOO=x\n").key == "WILLI_MAPPING_1_FOO"
 
 
 # --- combinations ---------------------------------------------------------------

@@ -32,6 +32,39 @@ def test_each_form_parses_with_its_default_port(text: str, target: Target) -> No
     assert parse_targets(text) == (target,)
 
 
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("smtp:[mx.example.org]:2525", Target("smtp", "mx.example.org", 2525)),
+        ("smtp:[mx.example.org]", Target("smtp", "mx.example.org", 25)),
+        ("smtp:mx.example.org:2525", Target("smtp", "mx.example.org", 2525)),
+        ("smtp:mx.example.org", Target("smtp", "mx.example.org", 25)),
+        ("smtp:[192.0.2.1]:26", Target("smtp", "192.0.2.1", 26)),
+        ("smtp:[ipv6:2001:db8::1]:25", Target("smtp", "2001:db8::1", 25)),
+        ("SMTP:[2001:db8::1]", Target("smtp", "2001:db8::1", 25)),
+        ("relay:[mx.example.org]:587", Target("smtp", "mx.example.org", 587)),
+        ("lmtp:unix:/run/dovecot/lmtp", Target("lmtp+unix", "", 0, "/run/dovecot/lmtp")),
+        ("lmtp:[store.example.org]:2424", Target("lmtp", "store.example.org", 2424)),
+        ("lmtp:store.example.org", Target("lmtp", "store.example.org", 24)),
+        ("lmtp:inet:store.example.org:24", Target("lmtp", "store.example.org", 24)),
+        ("lmtp:inet:[192.0.2.5]", Target("lmtp", "192.0.2.5", 24)),
+        # a host called smtp with a port is still a host called smtp
+        ("smtp:2525", Target("smtp", "smtp", 2525)),
+        ("lmtp:24", Target("smtp", "lmtp", 24)),
+    ],
+)
+def test_postfix_transport_forms_parse_as_they_do_in_a_transport_map(text: str, target: Target) -> None:
+    assert parse_targets(text) == (target,)
+
+
+def test_postfix_forms_mix_with_the_others_in_one_list() -> None:
+    assert parse_targets("smtp:[a.example]:25, lmtp:unix:/run/l, smtps://c.example") == (
+        Target("smtp", "a.example", 25),
+        Target("lmtp+unix", "", 0, "/run/l"),
+        Target("smtps", "c.example", 465),
+    )
+
+
 def test_list_is_comma_separated_in_order_with_spaces_allowed() -> None:
     assert parse_targets("a.example , smtps://b.example,lmtp+unix:/s") == (
         Target("smtp", "a.example", 25),
@@ -85,6 +118,12 @@ def test_lmtp_and_implicit_tls_flags() -> None:
         ("user@mx", "bad host"),
         ("smtp://", "empty host"),
         ("smtp://mx/path", "bad host"),
+        ("smtp:", "empty host"),
+        ("smtp:[mx.example.org]:x", "bad port"),
+        ("lmtp:unix:private/dovecot-lmtp", "absolute"),
+        ("lmtp:unix:", "absolute"),
+        ("smtp:unix:/run/x", "bad"),
+        ("smtp:[mx", "missing"),
     ],
 )
 def test_bad_targets_raise_value_error_saying_what_is_wrong(text: str, complaint: str) -> None:

@@ -10,21 +10,25 @@ import argparse
 import dataclasses
 import os
 import signal
+import socket
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 from willi import __version__, tls
+from willi.activation import listen_sockets
 from willi.anvil import ConnectionRate
 from willi.config import Config, load_config
 from willi.context import Context
 from willi.effective import effective_config
-from willi.errors import ConfigError, MappingError, TLSError, WilliError
+from willi.errors import ConfigError, MappingError, TLSError
 from willi.listener import Front, ListenError, interfaces, open_listener, open_listeners, show_address
 from willi.log import Logger, LogWriter, journal_stream
 from willi.metrics_http import MetricsServer
 from willi.observe import ObservedLogger, Observer, legacy_session_hooks
 from willi.reactor import Reactor
+from willi.reload import Reloader, keep_restart_fields
 from willi.routing.router import Router, build_mappings
+from willi.sdnotify import Notifier
 from willi.session import Session
 from willi.smtp.address import AddressError, parse_path_argument
 from willi.smtp.handshake import Credentials
@@ -43,19 +47,31 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(sys.argv[1:] if argv is None else argv)
+    unknown: list[tuple[str, str | None]] = []
     try:
-        config = load_config(args.config, os.environ)
+        config = load_config(args.config, os.environ, lambda key, hint: unknown.append((key, hint)))
     except ConfigError as exc:
         print(f"willi: configuration error: {exc}", file=sys.stderr)
         return 1
     logger = Logger(None, config.log_format, config.log_level,
                     sink=LogWriter(sys.stdout, config.log_buffer),
                     journal=journal_stream(os.environ.get("JOURNAL_STREAM"), sys.stdout))
+    for key, hint in unknown:
+        # Not an error: Kubernetes service links and other tools set WILLI_* too.
+        logger.warning("unknown_variable", variable=key, action="ignored",
+                       hint=f"did you mean {hint}?" if hint else None)
     if args.check:
         return check(config, logger, sys.stdout)
     if args.lookup is not None:
         return lookup(config, logger, args.lookup, sys.stdout)
-    return serve(config, logger)
+    try:
+        inherited = listen_sockets(os.environ, os.getpid())  # systemd socket activation
+    except ConfigError as exc:
+        print(f"willi: cannot start: {exc}", file=sys.stderr)
+        return 1
+    # SIGHUP reads the same file and environment again (SPEC §6).
+    return serve(config, logger, lambda: load_config(args.config, os.environ),
+                 Notifier.from_environ(os.environ), inherited)
 
 
 # --- --check and --lookup -------------------------------------------------------
@@ -69,18 +85,33 @@ def check(config: Config, logger: Logger, out: TextIO) -> int:
         if config.tls_cert and config.tls_key:
             tls.server_context(config.tls_cert, config.tls_key)
         _upstream_tls(config, True)
+        _resolve_listen(config)
         router = _router(config, logger)
         try:
             router.check()
         finally:
             router.close()
-    except (MappingError, TLSError) as exc:
+    except (MappingError, TLSError, ConfigError) as exc:
         print(f"willi: check failed: {exc}", file=out)
         return 1
     for line in effective_config(config):
         print(line, file=out)
     print(f"willi: configuration ok ({len(config.mappings)} mappings)", file=out)
     return 0
+
+
+def _resolve_listen(config: Config) -> None:
+    """Every listen address must resolve to something bindable (ConfigError)."""
+    addresses = [("WILLI_LISTEN", address) for address in config.listen]
+    if config.metrics_listen is not None:
+        addresses.append(("WILLI_METRICS_LISTEN", config.metrics_listen))
+    for key, (host, port) in addresses:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise ConfigError(key, show_address(host, port), f"an address that resolves ({reason})") from None
+
 
 
 def lookup(config: Config, logger: Logger, text: str, out: TextIO) -> int:
@@ -123,20 +154,35 @@ def _upstream_tls(config: Config, verify: bool) -> Any:
                               config.upstream_tls_key)
 
 
-def serve(config: Config, logger: Logger) -> int:
-    """Bind first, in this process and without SO_REUSEPORT, so a port in use
+def _upstream_contexts(config: Config) -> dict[bool, Any]:
+    return {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
+
+
+Load = Callable[[], Config]
+
+
+def serve(config: Config, logger: Logger, load: Load | None = None,
+          notifier: Notifier | None = None, inherited: Sequence[socket.socket] = ()) -> int:
+    """Serve until SIGTERM; `load` re-reads the configuration on SIGHUP,
+    `notifier` tells systemd (READY, RELOADING, STOPPING), and `inherited`
+    listening sockets (socket activation) replace WILLI_LISTEN.
+
+    Bind first, in this process and without SO_REUSEPORT, so a port in use
     stops the start with one clear line whatever WILLI_WORKERS says."""
+    load = load or (lambda: config)
+    notifier = notifier or Notifier(None)
     try:
-        sockets = open_listeners(config.listen)
+        sockets = list(inherited) or open_listeners(config.listen)
     except ListenError as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
     if config.workers > 1:
-        return _supervise(config, logger, sockets)
-    return _serve_one(config, logger, sockets)
+        return _supervise(config, logger, load, notifier, sockets, bool(inherited))
+    return _serve_one(config, logger, load, notifier, sockets, bool(inherited))
 
 
-def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
+def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
+               sockets: list[socket.socket], activated: bool) -> int:
     """WILLI_WORKERS=N: N reactor processes accepting on the sockets this
     parent opened, inherited across fork (SPEC §1).
 
@@ -147,6 +193,7 @@ def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
     """
     children: dict[int, int] = {}
     stopping = False
+    latest = config  # what a worker started after a SIGHUP serves
 
     handled = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
 
@@ -159,16 +206,28 @@ def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
             code = 1
             try:
                 for signum in handled:
-                    signal.signal(signum, signal.SIG_DFL)
+                    # a SIGHUP before the reactor's handler is in place must not
+                    # end the worker (its default action); it starts on `latest`
+                    signal.signal(signum, signal.SIG_IGN if signum == signal.SIGHUP else signal.SIG_DFL)
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-                code = _serve_one(worker_config(config, index), logger.bind(worker=index), sockets)
+                # only the main process speaks to systemd (NotifyAccess=main)
+                code = _serve_one(worker_config(latest, index), logger.bind(worker=index), load,
+                                  Notifier(None), sockets, activated)
             finally:
                 os._exit(code)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
+        nonlocal stopping, latest
+        if signum == signal.SIGHUP:
+            notifier.reloading()  # each worker reloads itself and logs how it went
+            try:
+                latest = keep_restart_fields(config, load())
+            except ConfigError:
+                pass  # the workers say why
+        elif not stopping:
+            notifier.stopping()
         stopping = stopping or signum != signal.SIGHUP
         if stopping:
             for sock in sockets:
@@ -178,11 +237,14 @@ def _supervise(config: Config, logger: Logger, sockets: list[Any]) -> int:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
+        if signum == signal.SIGHUP:
+            notifier.ready()
 
     for signum in handled:
         signal.signal(signum, forward)
     for index in range(config.workers):
         spawn(index)
+    notifier.ready(f"{config.workers} workers")
     status = 0
     while children:
         pid, raw = os.wait()
@@ -213,11 +275,12 @@ def worker_config(config: Config, index: int) -> Config:
 LOG_FLUSH_TIMEOUT = 2.0  # at exit, how long a stalled reader of stdout may hold us
 
 
-def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
+def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier,
+               sockets: list[socket.socket], activated: bool = False) -> int:
     try:
         router = _router(config, logger)
         metrics_sock = open_listener(*config.metrics_listen) if config.metrics_listen else None
-        contexts = {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
+        contexts = _upstream_contexts(config)
     except (MappingError, TLSError, ListenError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -246,17 +309,23 @@ def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
     metrics.worker_queue_depth.set_function(lambda: workers.depth)
     metrics.log_lines_dropped.set_function(lambda: logger.sink.dropped)
     metrics_server = MetricsServer(reactor, metrics_sock, metrics.render) if metrics_sock else None
-    lifecycle = _Lifecycle(config, reactor, ctx, front, router, logger)
+    reloader = Reloader(config, load, ctx, front, lambda new: _router(new, logger), dial_settings,
+                        contexts, _upstream_contexts, logger)
+    lifecycle = _Lifecycle(reactor, ctx, front, reloader, notifier, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGINT, lifecycle.shutdown)
     reactor.add_signal_handler(signal.SIGHUP, lifecycle.reload)
     front.start()
-    for host, port in config.listen:
-        logger.info("listening", address=show_address(host, port), interfaces=interfaces(host),
-                    hostname=config.hostname, version=__version__)
+    shown = []
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        shown.append(show_address(host, port))
+        logger.info("listening", address=shown[-1], interfaces=interfaces(host),
+                    hostname=config.hostname, version=__version__, activated="systemd" if activated else None)
     if metrics_server is not None and config.metrics_listen is not None:
         metrics_server.start()
         logger.info("metrics_listening", address=show_address(*config.metrics_listen))
+    notifier.ready(f"listening on {', '.join(shown)}")
     # From here on log lines leave through the writer thread (started after any fork).
     logger.sink.start(lambda count: logger.render("warning", "log_dropped", count=count))
     try:
@@ -267,7 +336,8 @@ def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
         if metrics_server is not None:
             metrics_server.close()
         workers.close(timeout=0.5)
-        router.close()
+        for retired in (*reloader.retired, ctx.router):
+            retired.close()
         reactor.close()
     logger.info("stopped")
     logger.sink.close(LOG_FLUSH_TIMEOUT)
@@ -277,24 +347,25 @@ def _serve_one(config: Config, logger: Logger, sockets: list[Any]) -> int:
 class _Lifecycle:
     """SIGTERM drains, SIGHUP reloads (SPEC §6)."""
 
-    def __init__(self, config: Config, reactor: Reactor, ctx: Context, front: Front,
-                 router: Router, logger: Logger) -> None:
-        self.config = config
+    def __init__(self, reactor: Reactor, ctx: Context, front: Front, reloader: Reloader,
+                 notifier: Notifier, logger: Logger) -> None:
         self.reactor = reactor
         self.ctx = ctx
         self.front = front
-        self.router = router
+        self.reloader = reloader
+        self.notifier = notifier
         self.logger = logger
 
     def shutdown(self) -> None:
         if self.ctx.draining:
             return
         self.logger.info("shutting_down", sessions=len(self.front.sessions))
+        self.notifier.stopping(f"draining {len(self.front.sessions)} sessions")
         self.ctx.draining = True
         self.front.close_listeners()
         for session in list(self.front.sessions):
             session.drain()
-        self.reactor.call_later(self.config.shutdown_timeout, self._deadline)
+        self.reactor.call_later(self.ctx.config.shutdown_timeout, self._deadline)
         self._stop_when_empty()
 
     def _stop_when_empty(self) -> None:
@@ -309,12 +380,9 @@ class _Lifecycle:
         self.reactor.stop()
 
     def reload(self) -> None:
+        if self.ctx.draining:
+            return
         self.logger.info("reloading")
-        try:
-            self.router.reload()
-        except WilliError as exc:
-            self.logger.error("reload_failed", part="mappings", error=str(exc))
-        try:
-            self.ctx.reload_tls()
-        except TLSError as exc:
-            self.logger.error("reload_failed", part="tls", error=str(exc))
+        self.notifier.reloading()
+        self.reloader.reload()
+        self.notifier.ready()

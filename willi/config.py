@@ -2,8 +2,12 @@
 
 Everything is checked here, once, at start: a bad value stops Willi with one
 line naming the key, the value and what was expected, instead of surfacing
-as an odd failure in the middle of a session. Unknown WILLI_ keys are errors
-too, because a typo would otherwise silently leave a default in force.
+as an odd failure in the middle of a session. An unknown WILLI_ key in the
+env file is an error too, because a typo would otherwise silently leave a
+default in force. In the real environment it is only a warning (naming the
+closest known key), because others put WILLI_* variables there: Kubernetes
+service links (`WILLI_PORT=tcp://...` for a Service called willi) or tools
+with a WILLI_DIR of their own must not stop the start.
 
 One table maps each key to its Config field and parser; the dataclass field
 defaults are the table's default column, so code and tests that build a
@@ -95,6 +99,7 @@ _SIZE_RE = re.compile(r"(\d+)\s*(?:([kmg])(?:i?b)?|b)?", re.IGNORECASE)
 _SIZE_UNITS = MappingProxyType({None: 1, "k": 1024, "m": 1024**2, "g": 1024**3})
 _DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)", re.IGNORECASE)
 _DURATION_UNITS = MappingProxyType({"": 1, "s": 1, "m": 60, "h": 3600})
+_NUMERIC_HOST = re.compile(r"[0-9.]+")
 _LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
 
 
@@ -182,6 +187,11 @@ def parse_address(text: str) -> Address:
             raise _Invalid(expected) from None
     if ":" in host or not _is_host(host):
         raise _Invalid(expected)  # an IPv6 address needs brackets
+    if _NUMERIC_HOST.fullmatch(host):
+        try:
+            ipaddress.IPv4Address(host)  # 256.1.1.1 would otherwise go to DNS as a name
+        except ValueError:
+            raise _Invalid(expected) from None
     return (host, int(port))
 
 
@@ -332,16 +342,28 @@ _KEY_NAMES = frozenset(key.name for key in KEYS)
 # --- loading ------------------------------------------------------------------
 
 
-def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
+Warn = Callable[[str, str | None], None]
+
+
+def load_config(path: str | None, environ: Mapping[str, str], warn: Warn | None = None) -> Config:
     """Read the env file (`path`, else ./willi.env when present), let the WILLI_
     keys of `environ` override it, and validate everything.
 
-    Raises ConfigError for the first bad, unknown or missing value.
+    Raises ConfigError for the first bad, unknown or missing value. An unknown
+    WILLI_ variable of `environ` is left out and reported as
+    `warn(name, closest_known_name_or_None)`.
     """
-    raw = _read_sources(path, environ)
-    for key in raw:
-        if key not in _KEY_NAMES and not _MAPPING_RE.fullmatch(key):
+    file_values = _read_file(path)
+    for key in file_values:
+        if not _known(key):
             raise _unknown_key(key)
+    from_environ = {key: value for key, value in environ.items() if key.startswith("WILLI_")}
+    for key in sorted(from_environ):
+        if not _known(key):
+            del from_environ[key]
+            if warn is not None:
+                warn(key, _closest(key))
+    raw = _merge(file_values, from_environ)
     values = _parse_table(raw)
     values["mappings"] = _parse_mappings(raw)
     _check_pairs(values)
@@ -349,8 +371,12 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
     return Config(**values)
 
 
-def _read_sources(path: str | None, environ: Mapping[str, str]) -> dict[str, str]:
-    """File values overridden by WILLI_ environment variables; empty means unset."""
+def _known(key: str) -> bool:
+    return key in _KEY_NAMES or _MAPPING_RE.fullmatch(key) is not None
+
+
+def _read_file(path: str | None) -> dict[str, str]:
+    """The env file's values (`path`, else ./willi.env when present)."""
     if path is None:
         path = DEFAULT_ENV_FILE if os.path.isfile(DEFAULT_ENV_FILE) else None
     file_values: dict[str, str | None] = {}
@@ -362,8 +388,12 @@ def _read_sources(path: str | None, environ: Mapping[str, str]) -> dict[str, str
             file_values = dotenv.dotenv_values(path, interpolate=False)
         except (OSError, UnicodeDecodeError):
             raise ConfigError("--config", path, "a readable UTF-8 env file") from None
-    merged = {key: value or "" for key, value in file_values.items()}
-    merged.update((key, value) for key, value in environ.items() if key.startswith("WILLI_"))
+    return {key: value or "" for key, value in file_values.items()}
+
+
+def _merge(file_values: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """File values overridden by WILLI_ environment variables; empty means unset."""
+    merged = {**file_values, **environ}
     # An empty value means "the default", so `WILLI_TLS_CERT=` in a file or an
     # environment variable set to "" can switch a setting back off.
     return {key: value for key, value in merged.items() if value.strip()}
@@ -408,11 +438,17 @@ def mask(key: str, value: str) -> str:
     return value
 
 
-def _unknown_key(key: str) -> ConfigError:
-    """A typo'd key: name the closest known one. The value may be a secret."""
+def _closest(key: str) -> str | None:
+    """The known key a typo most likely meant, if any is close."""
     known = sorted(_KEY_NAMES) + ["WILLI_MAPPING_1", "WILLI_MAPPING_1_QUERY"]
     close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]}?)" if close else ""
+    return close[0] if close else None
+
+
+def _unknown_key(key: str) -> ConfigError:
+    """A typo'd key: name the closest known one. The value may be a secret."""
+    close = _closest(key)
+    hint = f" (did you mean {close}?)" if close else ""
     return ConfigError(key, _MASK, "no such key: a known WILLI_ key" + hint)
 
 

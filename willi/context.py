@@ -75,6 +75,25 @@ class Context:
         self.observer = observer or Observer(logger)  # log lines and metrics (willi.observe)
         self.metrics = self.observer.metrics
         self.legacy_transactions = LegacyTransactions(self.observer)
+        server_tls = None
+        if config.tls_cert and config.tls_key:
+            server_tls = tls.server_context(config.tls_cert, config.tls_key)
+        self.apply(config, router, server_tls)
+        self.draining = False
+        self.log_transactions = logger.enabled("info")  # skip building the line when it is off
+        self.reverse_names = ReverseNames(reactor, workers)
+        self.on_session_closed: Callable[[Any], None] = lambda session: None
+        self._ids = itertools.count(1)
+        self._id_prefix = f"{os.getpid():x}."
+
+    def apply(self, config: Config, router: Router, server_tls: ssl.SSLContext | None) -> None:
+        """Take `config` from now on (at start, and on SIGHUP). A new session
+        sees it from its greeting; a running one keeps the EHLO reply it sent
+        and the TLS of its handshake. The caller built `router` and
+        `server_tls` beforehand, so this cannot fail half-way."""
+        self.config = config
+        self.router = router
+        self._server_tls = server_tls
         self.server_settings = ServerSettings(
             hostname=config.hostname, max_message_size=config.max_message_size,
             max_recipients=config.max_recipients, max_errors=config.max_errors,
@@ -88,28 +107,12 @@ class Context:
         self.tls_handshake_timeout = config.tls_handshake_timeout
         self.split_recipients = config.split_recipients
         self.strict_body = config.bare_lf == "reject"
-        self.draining = False
-        self.log_transactions = logger.enabled("info")  # skip building the line when it is off
-        self.reverse_names = ReverseNames(reactor, workers)
-        self.on_session_closed: Callable[[Any], None] = lambda session: None
-        self._ids = itertools.count(1)
-        self._id_prefix = f"{os.getpid():x}."
-        self._server_tls: ssl.SSLContext | None = None
-        if config.tls_cert and config.tls_key:
-            self._server_tls = tls.server_context(config.tls_cert, config.tls_key)
 
     def next_session_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):x}"
 
     def server_tls(self) -> ssl.SSLContext | None:
         return self._server_tls
-
-    def reload_tls(self) -> None:
-        """SIGHUP: new sessions get the new pair; running ones keep theirs.
-        A pair that no longer loads leaves the old one in force (TLSError)."""
-        config = self.config
-        if config.tls_cert and config.tls_key:
-            self._server_tls = tls.server_context(config.tls_cert, config.tls_key)
 
     def session_closed(self, session: Any) -> None:
         self.on_session_closed(session)

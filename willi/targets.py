@@ -3,7 +3,8 @@
 A route names one or more targets, separated by commas and tried in order.
 Each target is a host with an optional port, or a URL-like form that also
 picks the protocol (SMTP, SMTP with implicit TLS, LMTP over TCP or a Unix
-socket). Parsing is pure, and the same few strings come back for every
+socket). Postfix's transport forms (`smtp:[host]:port`, `lmtp:unix:/path`,
+...) are accepted too, so a line copied from a transport map works. Parsing is pure, and the same few strings come back for every
 session, so results are cached by string. A bad string raises ValueError with
 a message that names the target and what is wrong, for --check and the logs.
 """
@@ -18,6 +19,9 @@ from dataclasses import dataclass
 _DEFAULT_PORTS = {"smtp": 25, "smtps": 465, "lmtp": 24}
 # Host names as DNS knows them (IDN in its punycode form); "_" appears in the wild.
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.\-]*[A-Za-z0-9_])?")
+# Postfix transport(5): transport:nexthop. `smtp:2525` stays host "smtp", port
+# 2525 (a nexthop of digits only would be no host at all).
+_POSTFIX = re.compile(r"(smtp|relay|lmtp):(?!//)(?![0-9]+$)(.*)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,9 @@ def _parse_one(text: str) -> Target:
         raise ValueError("empty target")
     if text.lower().startswith("lmtp+unix:"):
         return _parse_unix(text[len("lmtp+unix:") :])
+    postfix = _POSTFIX.fullmatch(text)
+    if postfix:
+        return _parse_postfix(postfix[1].lower(), postfix[2])
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "smtp", text
@@ -71,6 +78,21 @@ def _parse_one(text: str) -> Target:
     if scheme not in _DEFAULT_PORTS:
         raise ValueError(f"unknown scheme {scheme!r} (expected smtp, smtps, lmtp or lmtp+unix)")
     host, port = _split_host_port(rest, _DEFAULT_PORTS[scheme])
+    return Target(scheme, host, port)
+
+
+def _parse_postfix(transport: str, nexthop: str) -> Target:
+    """Postfix's nexthop: `[host]:port`, `host:port`, `[ipv6:addr]:port`, and
+    for LMTP also `unix:/path` and `inet:host:port` (transport(5), lmtp(8)).
+    Willi never looks up MX records, so `host` and `[host]` mean the same."""
+    scheme = "lmtp" if transport == "lmtp" else "smtp"  # relay is Postfix's smtp client
+    if scheme == "lmtp" and nexthop.lower().startswith("unix:"):
+        return _parse_unix(nexthop[len("unix:") :])
+    if scheme == "lmtp" and nexthop.lower().startswith("inet:"):
+        nexthop = nexthop[len("inet:") :]
+    if nexthop[:6].lower() == "[ipv6:":
+        nexthop = "[" + nexthop[6:]
+    host, port = _split_host_port(nexthop, _DEFAULT_PORTS[scheme])
     return Target(scheme, host, port)
 
 

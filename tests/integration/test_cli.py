@@ -232,12 +232,46 @@ def test_an_unknown_willi_key_is_refused_and_the_nearest_known_key_is_named(
     assert "WILLI_CLIENT_TIMEOUT" in err[0].replace("WILLI_CLIENT_TIMOUT=", "")
 
 
-def test_an_unknown_key_in_the_environment_is_refused_too(routes_csv: Path, tmp_path: Path) -> None:
+def test_an_unknown_variable_in_the_environment_is_a_warning_naming_it_and_the_likely_key(
+    routes_csv: Path, tmp_path: Path
+) -> None:
     result = run("--check", env=base_env(routes_csv), tmp_path=tmp_path,
                  environ={"WILLI_MAX_MESAGE_SIZE": "1MiB"})
-    assert result.returncode != 0, result
-    assert len(result.stderr.splitlines()) == 1, result.stderr
-    assert "WILLI_MAX_MESAGE_SIZE" in result.stderr
+    assert result.returncode == 0, result
+    [warning] = [line for line in lines(result.stdout) if "level=warning" in line]
+    assert "event=unknown_variable variable=WILLI_MAX_MESAGE_SIZE" in warning
+    assert 'hint="did you mean WILLI_MAX_MESSAGE_SIZE?"' in warning
+    assert "1MiB" not in warning  # the value may be a secret
+    assert lines(result.stdout)[-1] == "willi: configuration ok (1 mappings)"
+
+
+def test_kubernetes_service_links_for_a_service_called_willi_do_not_stop_the_start(
+    routes_csv: Path, tmp_path: Path
+) -> None:
+    links = {"WILLI_PORT": "tcp://10.96.0.12:25", "WILLI_SERVICE_HOST": "10.96.0.12",
+             "WILLI_SERVICE_PORT": "25", "WILLI_PORT_25_TCP_ADDR": "10.96.0.12"}
+    with WilliProcess(base_env(routes_csv), tmp_path, environ=links) as willi:
+        assert greets(willi.host, willi.port)
+        warned = {r["variable"] for r in willi.log_lines() if r.get("event") == "unknown_variable"}
+    assert warned == set(links)
+
+
+@pytest.mark.parametrize("listen", ["256.1.1.1:25", "127.0.0.1:2525,1.2.3:25"])
+def test_check_refuses_a_listen_address_that_is_no_address(
+    routes_csv: Path, tmp_path: Path, listen: str
+) -> None:
+    result = run("--check", env=base_env(routes_csv, WILLI_LISTEN=listen), tmp_path=tmp_path)
+    assert result.returncode == 1, result
+    assert "WILLI_LISTEN" in result.stderr and listen in result.stderr
+
+
+def test_check_resolves_every_listen_address(routes_csv: Path, tmp_path: Path) -> None:
+    env = base_env(routes_csv, WILLI_LISTEN=f"localhost:{free_port()},no-such-host.invalid:2525")
+    result = run("--check", env=env, tmp_path=tmp_path)
+    assert result.returncode == 1, result
+    [line] = lines(result.stdout)
+    assert line.startswith("willi: check failed: WILLI_LISTEN='no-such-host.invalid:2525': expected "
+                           "an address that resolves"), line
 
 
 # --- real environment variables override the env file ------------------------------
