@@ -162,6 +162,6 @@ def test_the_image_serves_mail_as_non_root_and_passes_its_health_check(
             code = _run(*engine, "inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
             logs = _run(*engine, "logs", name).stdout
             assert code == "0", logs
-            assert "event=transaction" in logs and "result=250" in logs and "event=stopped" in logs
+            assert "event=transaction" in logs and "code=250" in logs and "event=stopped" in logs
         finally:
             _run(*engine, "rm", "-f", name)

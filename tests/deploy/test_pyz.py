@@ -126,6 +126,6 @@ def test_the_pyz_serves_a_message_to_smtp_sink(pyz: Path, sink: SmtpSink, tmp_pa
         assert willi.stop() == 0, willi.output()
     assert message.content.endswith(b"Subject: from the pyz\n\nhello\n")
     assert ["user@example.org" in args for args in message.rcpt_args] == [True]
-    assert any('event=transaction' in line and 'result=250' in line
+    assert any('event=transaction' in line and 'code=250' in line
                for line in willi.stdout().splitlines()), willi.output()
     assert os.path.getsize(pyz) < 2 * 1024 * 1024

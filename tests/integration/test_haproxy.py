@@ -150,7 +150,7 @@ class Sender:
 
 
 def transactions(willi: WilliProcess) -> int:
-    return sum(1 for r in willi.log_lines() if r.get("event") == "transaction" and r.get("result") == "250")
+    return sum(1 for r in willi.log_lines() if r.get("event") == "transaction" and r.get("code") == "250")
 
 
 def test_two_willis_behind_haproxy_one_stopped_with_sigterm_and_no_message_lost(tmp_path: Path, upstream) -> None:
