@@ -1,6 +1,7 @@
 # Two commands for a fresh Debian machine with Python 3.11:
 #   make run    Willi on willi.env.example, in front of a demo upstream
-#   make test   the whole test suite (installs MariaDB, Postfix's smtp-sink, openssl)
+#   make test   the whole test suite (installs MariaDB, Postfix's smtp-sink, openssl, and
+#               nginx, libnginx-mod-mail and haproxy for the benchmark's smoke run)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -46,6 +47,9 @@ system-test-deps:
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
 	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \

@@ -245,8 +245,8 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         f"- nginx: {opts.nginx_workers} worker process(es) and HAProxy: {opts.haproxy_threads} "
         "thread(s) (BENCH_NGINX_WORKERS, BENCH_HAPROXY_THREADS), like Willi's one reactor "
         "process (WILLI_WORKERS=1, the default): the machine's other core is taken by "
-        "smtp-source and smtp-sink. `willi-w2` (WILLI_WORKERS=2) is available with "
-        "`--only ...,willi-w2`.",
+        "smtp-source and smtp-sink. `willi-w2` (WILLI_WORKERS=2) runs beside it in every "
+        "workload, for what a second process buys on the same two cores.",
         "- nginx's `auth_http` is answered by a location of the same nginx (same worker): "
         "`Auth-Status: OK`, `Auth-Server: 127.0.0.1`, `Auth-Port: <sink>`; nginx asks it once "
         "per session, after the first RCPT, then replays HELO/MAIL/RCPT to the sink and "

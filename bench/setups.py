@@ -251,7 +251,7 @@ SETUPS = {
     "willi": start_willi,
     "willi-w2": start_willi_w2,
 }
-DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi"]
+DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi", "willi-w2"]
 
 # W5 (STARTTLS on both sides): what each chosen configuration becomes. HAProxy
 # cannot speak STARTTLS (it only terminates TLS from the first byte), so it is
