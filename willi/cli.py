@@ -195,6 +195,7 @@ def _serve_one(config: Config, logger: Logger) -> int:
         return 1
     reactor = Reactor()
     workers = WorkerPool(reactor, config.lookup_threads, config.lookup_queue)
+    router.attach(reactor, workers)  # csv: files re-read in the workers from now on
     dialer = Dialer(reactor, workers, DialSettings(
         hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
         command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,

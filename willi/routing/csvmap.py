@@ -2,14 +2,23 @@
 
 The file is held in memory and re-read when it changes, so operators edit it
 without a restart. Editing is where mistakes happen, so a file is taken whole
-or not at all: one bad line rejects it, at start-up with an error naming the
-line, later by keeping the table in force and logging why (a half-saved file
-must never drop routes). Changes are noticed by stat (mtime, size, inode),
-checked at most once a second on lookups, and on SIGHUP unconditionally.
+or not at all: one bad line rejects it, and so does a first line that is not
+the header (a file saved without it would silently lose its first route); at
+start-up that is an error naming the line, later the table in force is kept
+and the reason logged when the file is re-read.
 
-Lookups come from the reactor and from worker threads at once; the table is
-replaced by one assignment, and a lock taken without waiting keeps two
-threads from re-reading the same change twice.
+Tables grow to a million rows (a hosting provider's domains), so two things
+matter beyond correctness. Reading one takes seconds, which the reactor must
+never wait for: once `attach`ed to a reactor and its worker pool, a reactor
+timer looks at the file's stamp (mtime, size, inode) once a second, a changed
+file is read and parsed in a worker thread, and only the finished table is
+swapped in, on the reactor, by one assignment; the old table answers until
+then. And a row should cost little more than its key: there are only a few
+distinct servers, so equal routes are one shared Route object (interned
+while parsing), and the file is parsed line by line, never held whole.
+
+Unattached (--check, --lookup, tests of the table itself) the stamp is
+checked on lookups, at most once a second, and a change is read at once.
 """
 
 from __future__ import annotations
@@ -17,7 +26,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from willi.errors import MappingError
@@ -25,17 +35,31 @@ from willi.routing import MappingSpec, NotCached, Route
 from willi.targets import parse_targets
 
 _CHECK_INTERVAL = 1.0  # seconds between stat() calls (SPEC §3)
+_YIELD_EVERY = 4096  # lines: a parsing worker lets the reactor have the GIL this often
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+HEADER_FIELDS = (("pattern", "server"), ("pattern", "server", "tls_verify"))
 
 Stamp = tuple[int, int, int, int]  # st_mtime_ns, st_size, st_ino, st_dev
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """What a worker's look at the file found: a new table, nothing new, or a broken file."""
+
+    table: dict[str, Route] | None = None
+    stamp: Stamp | None = None
+    error: str | None = None
+    changed: bool = True
 
 
 class CsvMapping:
     """A `pattern;server;tls_verify` file, re-read when it changes."""
 
-    __slots__ = ("name", "blocking", "path", "_logger", "_clock", "_lock", "_table", "_stamp", "_next_check")
+    __slots__ = ("name", "blocking", "path", "_logger", "_clock", "_lock", "_table", "_stamp",
+                 "_next_check", "_interval", "_reactor", "_workers", "_timer", "_pending", "_forced")
 
-    def __init__(self, spec: MappingSpec, logger: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, spec: MappingSpec, logger: Any, clock: Callable[[], float] = time.monotonic,
+                 *, interval: float = _CHECK_INTERVAL) -> None:
         self.name = spec.name
         self.blocking = False
         self.path = spec.uri.partition(":")[2]
@@ -44,18 +68,37 @@ class CsvMapping:
         self._lock = threading.Lock()
         # Raises MappingError: a bad file at start-up stops the start.
         self._table, self._stamp = load_csv(self.path)
-        self._next_check = clock() + _CHECK_INTERVAL
+        self._interval = interval
+        self._next_check = clock() + interval
+        self._reactor: Any = None
+        self._workers: Any = None
+        self._timer: Any = None
+        self._pending = False  # a worker is reading the file
+        self._forced = False  # a SIGHUP came while it was
+
+    def __len__(self) -> int:
+        return len(self._table)
 
     def get(self, key: str) -> Route | None:
-        if self._clock() >= self._next_check:
+        if self._reactor is None and self._clock() >= self._next_check:
             self._reload_if_changed()
         return self._table.get(key)
 
     def peek(self, key: str) -> Route | None | NotCached:
         return self.get(key)
 
+    def attach(self, reactor: Any, workers: Any) -> None:
+        """Watch the file from a reactor timer and read it in `workers` from now on."""
+        self._reactor, self._workers = reactor, workers
+        self._timer = reactor.call_later(self._interval, self._tick)
+
     def reload(self) -> None:
         """SIGHUP: re-read whether or not the file looks changed."""
+        if self._reactor is not None:
+            self._forced = True
+            if not self._pending:
+                self._submit()
+            return
         with self._lock:
             self._load_logged()
 
@@ -64,13 +107,68 @@ class CsvMapping:
         load_csv(self.path)
 
     def close(self) -> None:
-        """Holds no open file between reads."""
+        """Holds no open file between reads; stops watching."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._reactor = self._workers = None
+
+    # -- attached: the reactor watches, a worker reads ------------------------
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._reactor is None:
+            return
+        if not self._pending:
+            self._submit()
+        if not self._pending:  # the pool was full: look again in a second
+            self._timer = self._reactor.call_later(self._interval, self._tick)
+
+    def _submit(self) -> None:
+        from willi.workers import PoolFull  # routing sits below workers in the layers
+
+        force, self._forced = self._forced, False
+        try:
+            self._workers.submit(_read_if_changed, (self.path, self._stamp, force), self._read_done)
+        except PoolFull:
+            self._forced = self._forced or force
+            return
+        self._pending = True
+
+    def _read_done(self, result: _Read | None, exc: BaseException | None) -> None:
+        """On the reactor: swap in the new table, or keep the old one and say why."""
+        self._pending = False
+        if self._reactor is None:
+            return  # closed meanwhile
+        if exc is not None:
+            self._logger.warning("mapping_reload_failed", mapping=self.name, error=f"{type(exc).__name__}: {exc}")
+        elif result is not None:
+            self._apply(result)
+        if self._forced:
+            self._submit()
+        if not self._pending and self._timer is None:
+            self._timer = self._reactor.call_later(self._interval, self._tick)
+
+    def _apply(self, result: _Read) -> None:
+        if not result.changed:
+            return
+        if result.error is not None:
+            # Remember the broken file's stamp so it is reported once, not every
+            # second; taken before reading, so a fix saved meanwhile still counts.
+            self._stamp = result.stamp  # type: ignore[assignment]
+            self._logger.warning("mapping_reload_failed", mapping=self.name, error=result.error)
+            return
+        assert result.table is not None and result.stamp is not None
+        self._table, self._stamp = result.table, result.stamp
+        self._logger.info("mapping_reloaded", mapping=self.name, entries=len(result.table))
+
+    # -- unattached: the lookup that notices a change reads it ----------------
 
     def _reload_if_changed(self) -> None:
         if not self._lock.acquire(blocking=False):
             return  # another thread is looking already; serve the current table
         try:
-            self._next_check = self._clock() + _CHECK_INTERVAL
+            self._next_check = self._clock() + self._interval
             if _stat(self.path) != self._stamp:
                 self._load_logged()
         finally:
@@ -78,74 +176,128 @@ class CsvMapping:
 
     def _load_logged(self) -> None:
         """Swap in the file's table, or keep the old one and log why."""
-        before = _stat(self.path)
-        try:
-            table, stamp = load_csv(self.path)
-        except MappingError as exc:
-            # Remember the broken file's stamp so it is reported once, not every
-            # second; taken before reading, so a fix saved meanwhile still counts.
-            self._stamp = before
-            self._logger.warning("mapping_reload_failed", mapping=self.name, error=str(exc))
-            return
-        self._table, self._stamp = table, stamp
-        self._logger.info("mapping_reloaded", mapping=self.name, entries=len(table))
+        self._apply(_read_if_changed(self.path, self._stamp, True))
 
 
-def load_csv(path: str) -> tuple[dict[str, Route], Stamp]:
+def _read_if_changed(path: str, stamp: Stamp | None, force: bool) -> _Read:
+    """The file's table when its stamp differs from `stamp` (or `force`); worker threads."""
+    before = _stat(path)
+    if not force and before == stamp:
+        return _Read(changed=False)
+    try:
+        table, new_stamp = load_csv(path, yield_gil=True)
+    except MappingError as exc:
+        return _Read(stamp=before, error=str(exc))
+    return _Read(table=table, stamp=new_stamp)
+
+
+def load_csv(path: str, yield_gil: bool = False) -> tuple[dict[str, Route], Stamp]:
     """Read and parse the file; the stamp is taken from the descriptor read."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
             stamp = _stamp_of(os.fstat(f.fileno()))
-            text = f.read()
+            table = parse_lines(f, path, yield_gil)
     except (OSError, UnicodeDecodeError) as exc:
         raise MappingError(f"{path}: cannot read: {exc}") from None
-    return parse_csv(text, path), stamp
+    return table, stamp
 
 
 def parse_csv(text: str, path: str) -> dict[str, Route]:
     """pattern → Route; MappingError naming path and line on the first bad line."""
+    return parse_lines(text.splitlines(), path)
+
+
+def parse_lines(lines: Iterable[str], path: str, yield_gil: bool = False) -> dict[str, Route]:
+    """The table of the header line and the lines after it.
+
+    Routes are interned: rows with the same server and tls_verify share one
+    Route, so a million rows over fifty servers hold fifty Routes. With
+    `yield_gil` (a worker thread parsing) the GIL is released every few
+    thousand lines, so the reactor thread waits milliseconds, not the whole
+    parse.
+    """
     table: dict[str, Route] = {}
-    first_line: dict[str, int] = {}
+    routes: dict[Any, Route] = {}  # (server, flag) as written, and each Route itself → the shared Route
     header_seen = False
-    for number, line in enumerate(text.splitlines(), start=1):
+    number = 0
+    for number, line in enumerate(lines, start=1):
+        if yield_gil and not number % _YIELD_EVERY:
+            time.sleep(0)
         line = line.strip()
-        if not line or line.startswith("#"):
+        if not line or line[0] == "#":
             continue
         if not header_seen:
-            header_seen = True  # the original format starts with column names
+            _check_header(line, path, number)
+            header_seen = True
             continue
         try:
-            pattern, route = _parse_line(line)
-            if pattern in table:
-                raise ValueError(f"duplicate pattern {pattern!r} (first on line {first_line[pattern]})")
+            pattern, route = _parse_line(line, routes)
         except ValueError as exc:
             raise MappingError(f"{path}:{number}: {exc}") from None
+        size = len(table)
         table[pattern] = route
-        first_line[pattern] = number
+        if len(table) == size:
+            raise MappingError(f"{path}:{number}: duplicate pattern {pattern!r} (first on line "
+                               f"{_first_line(path, lines, pattern)})")
     if not header_seen:
         # An empty file is more likely a half-written one than an empty table.
         raise MappingError(f"{path}: no header line (empty file)")
     return table
 
 
-def _parse_line(line: str) -> tuple[str, Route]:
-    fields = [field.strip() for field in line.split(";")]
+def _check_header(line: str, path: str, number: int) -> None:
+    """The first line names the columns; anything else is a file without its header."""
+    fields = tuple(field.strip().lower() for field in line.split(";"))
+    if fields not in HEADER_FIELDS:
+        raise MappingError(
+            f"{path}:{number}: expected the header line pattern;server;tls_verify (or pattern;server), "
+            f"got {line[:80]!r}; without it the first route would be taken for the header and lost")
+
+
+def _parse_line(line: str, routes: dict[Any, Route]) -> tuple[str, Route]:
+    fields = line.split(";")
     if len(fields) not in (2, 3):
         raise ValueError(f"expected pattern;server[;tls_verify], got {len(fields)} fields")
-    pattern, server = fields[0].lower(), fields[1]
+    pattern, server = fields[0].strip().lower(), fields[1].strip()
+    flag = fields[2].strip() if len(fields) == 3 else ""
+    route = routes.get((server, flag))
+    if route is None:
+        route = _new_route(server, flag)
+        # "yes" and "1" are one Route too: equal routes are keys of their own.
+        route = routes[(server, flag)] = routes.setdefault(route, route)  # type: ignore[call-overload]
     if not pattern:
         raise ValueError("empty pattern")
+    return pattern, route
+
+
+def _new_route(server: str, flag: str) -> Route:
+    """Validated once per distinct (server, tls_verify) of the file."""
     if not server:
         raise ValueError("empty server")
     parse_targets(server)  # ValueError names the bad target
     tls_verify = True
-    if len(fields) == 3 and fields[2]:
-        flag = fields[2].lower()
-        if flag not in _BOOLS:
-            hint = " (a port belongs in the server field: host:port)" if flag.isdigit() else ""
-            raise ValueError(f"tls_verify {fields[2]!r} is not 1/0, true/false or yes/no{hint}")
-        tls_verify = _BOOLS[flag]
-    return pattern, Route(server, tls_verify)
+    if flag:
+        word = flag.lower()
+        if word not in _BOOLS:
+            hint = " (a port belongs in the server field: host:port)" if word.isdigit() else ""
+            raise ValueError(f"tls_verify {flag!r} is not 1/0, true/false or yes/no{hint}")
+        tls_verify = _BOOLS[word]
+    return Route(server, tls_verify)
+
+
+def _first_line(path: str, lines: Iterable[str], pattern: str) -> int | str:
+    """Where a duplicate pattern was first seen (the error path only: read again)."""
+    source: Iterable[str] = lines if isinstance(lines, list) else []
+    try:
+        if not source:
+            with open(path, encoding="utf-8", newline="") as f:
+                source = f.readlines()
+    except OSError:
+        return "?"
+    for number, line in enumerate(source, start=1):
+        if line.split(";", 1)[0].strip().lower() == pattern:
+            return number
+    return "?"
 
 
 def _stat(path: str) -> Stamp | None:
