@@ -165,6 +165,10 @@ def build_mappings(specs: Sequence[MappingSpec], logger: Any) -> list[Mapping]:
             mappings.append(CsvMapping(spec, logger))
         elif scheme == "static":
             mappings.append(StaticMapping(spec))
+        elif scheme == "sqlite":
+            from willi.routing.sqlite import SqliteMapping
+
+            mappings.append(SqliteMapping(spec, logger))
         elif scheme == "mysql" and spec.uri.startswith("mysql://"):
             # Imported only when configured: only mysql.py imports PyMySQL.
             from willi.routing.mysql import MysqlMapping
@@ -172,6 +176,6 @@ def build_mappings(specs: Sequence[MappingSpec], logger: Any) -> list[Mapping]:
             mappings.append(MysqlMapping(spec, logger))
         else:
             raise MappingError(
-                f"{spec.name}: unknown mapping type {scheme!r} (expected csv:, mysql:// or static:)"
+                f"{spec.name}: unknown mapping type {scheme!r} (expected csv:, sqlite:, mysql:// or static:)"
             )
     return mappings
