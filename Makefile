@@ -21,7 +21,7 @@ test: $(VENV)/.test-deps system-test-deps
 	$(PY) -m pytest -q
 
 # make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
-# 8 minutes; rewrites BENCHMARKS.md). Quick: BENCH_SCALE=0.05 make bench.
+# 12 minutes; rewrites BENCHMARKS.md; W6 starts a private MariaDB). Quick: BENCH_SCALE=0.05 make bench.
 # More options: BENCH_ARGS='--only willi --workload W1 --runs 1' (see --help).
 bench: $(VENV)/.deps
 	@missing=""; \
@@ -30,6 +30,7 @@ bench: $(VENV)/.deps
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \

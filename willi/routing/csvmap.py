@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,18 +35,58 @@ from willi.routing import MappingSpec, NotCached, Route
 from willi.targets import parse_targets
 
 _CHECK_INTERVAL = 1.0  # seconds between stat() calls (SPEC §3)
-_YIELD_EVERY = 4096  # lines: a parsing worker lets the reactor have the GIL this often
+_YIELD_EVERY = 1024  # lines (about 2 ms of parsing): a parsing worker lets the reactor have the GIL this often
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 HEADER_FIELDS = (("pattern", "server"), ("pattern", "server", "tls_verify"))
 
 Stamp = tuple[int, int, int, int]  # st_mtime_ns, st_size, st_ino, st_dev
 
 
+class Table:
+    """pattern → Route, held in 64 dicts picked by the pattern's hash.
+
+    One dict of a million keys is rebuilt whole each time it grows past two
+    thirds full, a C call that holds the GIL for tens of milliseconds: a
+    parsing worker would stall the reactor that long however often it
+    yields. Each of 64 dicts grows by a 64th of that.
+    """
+
+    __slots__ = ("shards",)
+    SHARDS = 64  # a power of two: the shard is hash & (SHARDS - 1)
+
+    def __init__(self) -> None:
+        self.shards: list[dict[str, Route]] = [{} for _ in range(self.SHARDS)]
+
+    def get(self, key: str) -> Route | None:
+        return self.shards[hash(key) & (self.SHARDS - 1)].get(key)
+
+    def __getitem__(self, key: str) -> Route:
+        return self.shards[hash(key) & (self.SHARDS - 1)][key]
+
+    def __len__(self) -> int:
+        return sum(len(shard) for shard in self.shards)
+
+    def items(self) -> Iterator[tuple[str, Route]]:
+        for shard in self.shards:
+            yield from shard.items()
+
+    def values(self) -> Iterator[Route]:
+        for shard in self.shards:
+            yield from shard.values()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Table):
+            other = dict(other.items())
+        return isinstance(other, dict) and dict(self.items()) == other
+
+    __hash__ = None  # type: ignore[assignment]  # mutable while parsed
+
+
 @dataclass(frozen=True, slots=True)
 class _Read:
     """What a worker's look at the file found: a new table, nothing new, or a broken file."""
 
-    table: dict[str, Route] | None = None
+    table: Table | None = None
     stamp: Stamp | None = None
     error: str | None = None
     changed: bool = True
@@ -191,7 +231,7 @@ def _read_if_changed(path: str, stamp: Stamp | None, force: bool) -> _Read:
     return _Read(table=table, stamp=new_stamp)
 
 
-def load_csv(path: str, yield_gil: bool = False) -> tuple[dict[str, Route], Stamp]:
+def load_csv(path: str, yield_gil: bool = False) -> tuple[Table, Stamp]:
     """Read and parse the file; the stamp is taken from the descriptor read."""
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -202,12 +242,12 @@ def load_csv(path: str, yield_gil: bool = False) -> tuple[dict[str, Route], Stam
     return table, stamp
 
 
-def parse_csv(text: str, path: str) -> dict[str, Route]:
+def parse_csv(text: str, path: str) -> Table:
     """pattern → Route; MappingError naming path and line on the first bad line."""
     return parse_lines(text.splitlines(), path)
 
 
-def parse_lines(lines: Iterable[str], path: str, yield_gil: bool = False) -> dict[str, Route]:
+def parse_lines(lines: Iterable[str], path: str, yield_gil: bool = False) -> Table:
     """The table of the header line and the lines after it.
 
     Routes are interned: rows with the same server and tls_verify share one
@@ -216,7 +256,8 @@ def parse_lines(lines: Iterable[str], path: str, yield_gil: bool = False) -> dic
     thousand lines, so the reactor thread waits milliseconds, not the whole
     parse.
     """
-    table: dict[str, Route] = {}
+    table = Table()
+    shards, mask = table.shards, Table.SHARDS - 1
     routes: dict[Any, Route] = {}  # (server, flag) as written, and each Route itself → the shared Route
     header_seen = False
     number = 0
@@ -234,9 +275,10 @@ def parse_lines(lines: Iterable[str], path: str, yield_gil: bool = False) -> dic
             pattern, route = _parse_line(line, routes)
         except ValueError as exc:
             raise MappingError(f"{path}:{number}: {exc}") from None
-        size = len(table)
-        table[pattern] = route
-        if len(table) == size:
+        shard = shards[hash(pattern) & mask]
+        size = len(shard)
+        shard[pattern] = route
+        if len(shard) == size:
             raise MappingError(f"{path}:{number}: duplicate pattern {pattern!r} (first on line "
                                f"{_first_line(path, lines, pattern)})")
     if not header_seen:
