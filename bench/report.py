@@ -274,8 +274,17 @@ def history_of(path: Path) -> str:
     return HISTORY_DEFAULT
 
 
+SCANNER_NOTE = (
+    "Willi's strict body scanner (`willi/smtp/body.py` `DataScanner`, the default "
+    "`WILLI_BARE_LF=reject`) alone, on 10 MiB of realistic mail (headers with Received and "
+    "DKIM lines, a quoted-printable part, a base64 attachment in 76-character lines), fed in "
+    "the reactor's 256 KiB chunks and in TLS-record-sized 16 KiB ones; each of its C-level "
+    "checks also timed alone over the same chunks (bench/scanner.py, best of 5 passes). "
+    "Seconds of one core per GB of payload, to set beside W3's proxy CPU per GB.")
+
+
 def render(meta: dict, workloads: list[Workload], setups: list[str], results: list[Result],
-           method: list[str], willi: str, history: str) -> str:
+           method: list[str], willi: str, history: str, scanner: list[str] | None = None) -> str:
     summaries = summarise(results)
     out = [
         "# Benchmarks",
@@ -326,6 +335,8 @@ def render(meta: dict, workloads: list[Workload], setups: list[str], results: li
         out.append("")
         if wl.mapping != "csv":
             out += [*beside_w1(wl, present, summaries), ""]
+        if wl.key == "W3" and scanner:
+            out += ["#### W3's strict body checks alone", "", SCANNER_NOTE, "", *scanner, ""]
     out += ["## Targets", "", *targets_table(summaries, willi), "",
             "W5 (TLS) has no target in the issue; it is reported above only.", "",
             "## Failed runs and warnings", "", *problems(results), "",

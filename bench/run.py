@@ -419,8 +419,14 @@ def main(argv: list[str]) -> int:
     elapsed = time.monotonic() - begin
     meta = {"date": started.strftime("%Y-%m-%d %H:%M %Z"),
             "duration": f"{elapsed / 60:.1f} minutes", "facts": facts(args, chosen)}
+    scan = None
+    if any(wl.key == "W3" for wl in wls) and not interrupted:
+        import scanner
+
+        scan = scanner.table(scanner.run_all())
     text = report.render(meta, wls, chosen, results, method(results, wls, opts, args),
-                         "willi" if "willi" in chosen else chosen[-1], report.history_of(args.output))
+                         "willi" if "willi" in chosen else chosen[-1], report.history_of(args.output),
+                         scan)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "results": [dataclasses.asdict(r) for r in results]},
                                     indent=1))
