@@ -13,8 +13,10 @@ never wait for: once `attach`ed to a reactor and its worker pool, a reactor
 timer looks at the file's stamp (mtime, size, inode) once a second, a changed
 file is read and parsed in a worker thread, and only the finished table is
 swapped in, on the reactor, by one assignment; the old table answers until
-then. And a row should cost little more than its key: there are only a few
-distinct servers, so equal routes are one shared Route object (interned
+then; the parsing worker yields the GIL every thousand lines, and the table
+is split over 64 dicts so that no single dict resize holds the GIL for long
+(see Table). And a row should cost little more than its key: there are only
+a few distinct servers, so equal routes are one shared Route object (interned
 while parsing), and the file is parsed line by line, never held whole.
 
 Unattached (--check, --lookup, tests of the table itself) the stamp is
