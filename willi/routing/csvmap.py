@@ -35,6 +35,7 @@ from typing import Any
 from willi.errors import MappingError
 from willi.routing import MappingSpec, NotCached, Route
 from willi.targets import parse_targets
+from willi.workers import PoolFull
 
 _CHECK_INTERVAL = 1.0  # seconds between stat() calls (SPEC §3)
 _YIELD_EVERY = 1024  # lines (about 2 ms of parsing): a parsing worker lets the reactor have the GIL this often
@@ -167,8 +168,6 @@ class CsvMapping:
             self._timer = self._reactor.call_later(self._interval, self._tick)
 
     def _submit(self) -> None:
-        from willi.workers import PoolFull  # routing sits below workers in the layers
-
         force, self._forced = self._forced, False
         try:
             self._workers.submit(_read_if_changed, (self.path, self._stamp, force), self._read_done)
