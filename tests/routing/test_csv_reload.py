@@ -207,3 +207,19 @@ def test_a_closed_mapping_stops_watching(tmp_path: Path, loop) -> None:
         reactor.call_later(0.005, ticks.append, 1)
     run_until(reactor, lambda: len(ticks) == 20)
     assert logger.lines == [] and mapping.get("example.org") == Route("old")
+
+
+def test_a_replaced_table_stays_whole_for_lookups_begun_before_the_swap_then_is_freed(
+        tmp_path: Path, loop) -> None:
+    reactor, _ = loop
+    table, logger = tmp_path / "t.csv", ListLogger()
+    write(table, HEADER + "".join(f"d{i}.example;old\n" for i in range(3000)), 1)
+    mapping = CsvMapping(MappingSpec(1, f"csv:{table}"), logger, interval=0.01, retire_after=0.2)
+    mapping.attach(*loop)
+    old = mapping._table  # what a worker's get() that began before the swap holds
+    write(table, HEADER + "d0.example;new\n", 2)
+    run_until(reactor, lambda: bool(logger.lines))
+    assert mapping.get("d0.example") == Route("new") and mapping.get("d1.example") is None
+    assert len(old) == 3000 and old.get("d2999.example") == Route("old")  # not freed at the swap
+    run_until(reactor, lambda: len(old) == 0)  # a worker frees it after the grace
+    assert len(old) == 0 and mapping.get("d0.example") == Route("new")

@@ -15,7 +15,10 @@ file is read and parsed in a worker thread, and only the finished table is
 swapped in, on the reactor, by one assignment; the old table answers until
 then; the parsing worker yields the GIL every thousand lines, and the table
 is split over 64 dicts so that no single dict resize holds the GIL for long
-(see Table). And a row should cost little more than its key: there are only
+(see Table); the replaced table is freed by a worker too, a few thousand
+rows at a time, ten seconds after the swap (by then no lookup that began
+before it can still be reading it), because freeing a million rows at once
+holds the GIL for a tenth of a second. And a row should cost little more than its key: there are only
 a few distinct servers, so equal routes are one shared Route object (interned
 while parsing), and the file is parsed line by line, never held whole.
 
@@ -39,6 +42,11 @@ from willi.workers import PoolFull
 
 _CHECK_INTERVAL = 1.0  # seconds between stat() calls (SPEC §3)
 _YIELD_EVERY = 1024  # lines (about 2 ms of parsing): a parsing worker lets the reactor have the GIL this often
+# A real sleep, not sleep(0): sleep(0) drops the GIL and takes it straight back
+# before a waiting reactor thread is scheduled, which then waits out the whole
+# switch interval (5 ms) at each of a NOOP's select, recv and send.
+_YIELD_SECONDS = 0.0001
+_RETIRE_AFTER = 10.0  # seconds a replaced table is kept before a worker frees it
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 HEADER_FIELDS = (("pattern", "server"), ("pattern", "server", "tls_verify"))
 
@@ -99,10 +107,10 @@ class CsvMapping:
     """A `pattern;server;tls_verify` file, re-read when it changes."""
 
     __slots__ = ("name", "blocking", "path", "_logger", "_clock", "_lock", "_table", "_stamp",
-                 "_next_check", "_interval", "_reactor", "_workers", "_timer", "_pending", "_forced")
+                 "_next_check", "_interval", "_retire_after", "_reactor", "_workers", "_timer", "_pending", "_forced")
 
     def __init__(self, spec: MappingSpec, logger: Any, clock: Callable[[], float] = time.monotonic,
-                 *, interval: float = _CHECK_INTERVAL) -> None:
+                 *, interval: float = _CHECK_INTERVAL, retire_after: float = _RETIRE_AFTER) -> None:
         self.name = spec.name
         self.blocking = False
         self.path = spec.uri.partition(":")[2]
@@ -112,6 +120,7 @@ class CsvMapping:
         # Raises MappingError: a bad file at start-up stops the start.
         self._table, self._stamp = load_csv(self.path)
         self._interval = interval
+        self._retire_after = retire_after
         self._next_check = clock() + interval
         self._reactor: Any = None
         self._workers: Any = None
@@ -184,11 +193,25 @@ class CsvMapping:
         if exc is not None:
             self._logger.warning("mapping_reload_failed", mapping=self.name, error=f"{type(exc).__name__}: {exc}")
         elif result is not None:
+            old = self._table
             self._apply(result)
+            if self._table is not old:
+                # Freeing a million rows at once holds the GIL for ~0.1 s; a
+                # worker frees them bit by bit, once no lookup can still be
+                # reading them (a worker's get() began before the swap).
+                self._reactor.call_later(self._retire_after, self._retire, old)
         if self._forced:
             self._submit()
         if not self._pending and self._timer is None:
             self._timer = self._reactor.call_later(self._interval, self._tick)
+
+    def _retire(self, table: Table) -> None:
+        if self._workers is None:
+            return  # closed: the table goes with the mapping
+        try:
+            self._workers.submit(_free_gradually, (table,), lambda result, exc: None)
+        except PoolFull:
+            self._reactor.call_later(self._interval, self._retire, table)
 
     def _apply(self, result: _Read) -> None:
         if not result.changed:
@@ -218,6 +241,17 @@ class CsvMapping:
     def _load_logged(self) -> None:
         """Swap in the file's table, or keep the old one and log why."""
         self._apply(_read_if_changed(self.path, self._stamp, True))
+
+
+def _free_gradually(table: Table) -> None:
+    """Empty a retired table a few thousand rows at a time, in a worker thread,
+    yielding the GIL between, so the reactor never waits for the whole of it."""
+    for index, shard in enumerate(table.shards):
+        table.shards[index] = {}
+        while shard:
+            for _ in range(min(len(shard), _YIELD_EVERY)):
+                shard.popitem()
+            time.sleep(_YIELD_SECONDS)
 
 
 def _read_if_changed(path: str, stamp: Stamp | None, force: bool) -> _Read:
@@ -264,7 +298,7 @@ def parse_lines(lines: Iterable[str], path: str, yield_gil: bool = False) -> Tab
     number = 0
     for number, line in enumerate(lines, start=1):
         if yield_gil and not number % _YIELD_EVERY:
-            time.sleep(0)
+            time.sleep(_YIELD_SECONDS)
         line = line.strip()
         if not line or line[0] == "#":
             continue
