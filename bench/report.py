@@ -54,7 +54,7 @@ TABLE_NOTE = (
     "(bench/tables.py load). \"re-read s\" is from the rewrite of the file to the "
     "`mapping_reloaded` line in Willi's log (up to a second of it is the stat interval); "
     "\"worst NOOP during the re-read\" is the longest NOOP round trip of one open session over "
-    "that time (plus 0.3 s), \"before\" the longest over one second before the rewrite.")
+    "that time and 3.5 s more (Willi frees the replaced table 3 s after the swap), \"before\" the longest over one second before the rewrite.")
 
 
 @dataclass
@@ -329,7 +329,7 @@ def render(meta: dict, workloads: list[Workload], setups: list[str], results: li
         present = list(dict.fromkeys(r.setup for r in results if r.workload == wl.key))
         if wl.tls and wl is next(w for w in workloads if w.tls):
             out += [TLS_NOTE, ""]
-        if wl.kind == "table":
+        if wl.kind == "table" and wl is next(w for w in workloads if w.kind == "table"):
             out += [TABLE_NOTE, ""]
         out += {"smtp": smtp_table, "table": table_table}.get(wl.kind, idle_table)(wl, present, summaries)
         out.append("")

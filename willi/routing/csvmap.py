@@ -16,7 +16,7 @@ swapped in, on the reactor, by one assignment; the old table answers until
 then; the parsing worker yields the GIL every thousand lines, and the table
 is split over 64 dicts so that no single dict resize holds the GIL for long
 (see Table); the replaced table is freed by a worker too, a few thousand
-rows at a time, ten seconds after the swap (by then no lookup that began
+rows at a time, three seconds after the swap (by then no lookup that began
 before it can still be reading it), because freeing a million rows at once
 holds the GIL for a tenth of a second. And a row should cost little more than its key: there are only
 a few distinct servers, so equal routes are one shared Route object (interned
@@ -46,7 +46,7 @@ _YIELD_EVERY = 1024  # lines (about 2 ms of parsing): a parsing worker lets the 
 # before a waiting reactor thread is scheduled, which then waits out the whole
 # switch interval (5 ms) at each of a NOOP's select, recv and send.
 _YIELD_SECONDS = 0.0001
-_RETIRE_AFTER = 10.0  # seconds a replaced table is kept before a worker frees it
+_RETIRE_AFTER = 3.0  # seconds a replaced table is kept before a worker frees it
 _BOOLS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 HEADER_FIELDS = (("pattern", "server"), ("pattern", "server", "tls_verify"))
 
