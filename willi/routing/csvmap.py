@@ -53,6 +53,9 @@ HEADER_FIELDS = (("pattern", "server"), ("pattern", "server", "tls_verify"))
 Stamp = tuple[int, int, int, int]  # st_mtime_ns, st_size, st_ino, st_dev
 
 
+_SHARD_MASK = 63  # Table.SHARDS - 1
+
+
 class Table:
     """pattern → Route, held in 64 dicts picked by the pattern's hash.
 
@@ -63,7 +66,7 @@ class Table:
     """
 
     __slots__ = ("shards",)
-    SHARDS = 64  # a power of two: the shard is hash & (SHARDS - 1)
+    SHARDS = _SHARD_MASK + 1  # a power of two: the shard is hash & (SHARDS - 1)
 
     def __init__(self) -> None:
         self.shards: list[dict[str, Route]] = [{} for _ in range(self.SHARDS)]
@@ -134,7 +137,7 @@ class CsvMapping:
     def get(self, key: str) -> Route | None:
         if self._reactor is None and self._clock() >= self._next_check:
             self._reload_if_changed()
-        return self._table.get(key)
+        return self._table.shards[hash(key) & _SHARD_MASK].get(key)  # Table.get, inlined
 
     def peek(self, key: str) -> Route | None | NotCached:
         return self.get(key)
