@@ -6,6 +6,9 @@ FIFO, so Willi's read of it blocks until the test writes the new table. The
 test first waits until a reader has the FIFO open (a non-blocking open for
 writing succeeds only then), so it knows Willi is mid-read; then it holds a
 whole conversation with Willi; only then does it write the file.
+
+And `--check` on a file without its header line says so (issue 13): before,
+the first route was silently taken for the header and `configuration ok`.
 """
 
 from __future__ import annotations
@@ -53,3 +56,15 @@ def test_a_re_read_that_waits_on_the_file_stalls_no_session(launch) -> None:
         assert client.command("MAIL FROM:<sender@origin.test>").code == 250
         assert client.command(f"RCPT TO:<{MOVED}>").raw == rcpt_ok("B")
         assert client.command("QUIT").code == 221
+
+
+def test_check_refuses_a_csv_file_without_its_header_line(tmp_path) -> None:
+    from tests.integration.test_cli import base_env, lines, run
+
+    csv = tmp_path / "no-header.csv"
+    csv.write_text("example.org;127.0.0.1:2602\nexample.com;127.0.0.1:2603\n")
+    result = run("--check", env=base_env(csv), tmp_path=tmp_path)
+    assert result.returncode == 1, result
+    (line,) = lines(result.stdout + result.stderr)
+    assert f"{csv}:1: expected the header line pattern;server;tls_verify" in line
+    assert "configuration ok" not in line
