@@ -8,7 +8,8 @@ Answers are cached — hits for cache_ttl, misses for miss_ttl — so that the
 reactor can answer most recipients from memory through `peek` without ever
 touching the network. While the database fails, a route older than its TTL but
 younger than stale_ttl is still served: a database outage must not turn every
-known recipient into a 451. A connection that died while idle (server restart,
+known recipient into a 451. (Those cache rules are routing/cached.py's, shared
+with sqlite:; this module is the database half.) A connection that died while idle (server restart,
 killed by the server) is replaced and the query retried once, so a restart
 costs no failed lookup. The password is kept out of every message and log
 line: errors are built from PyMySQL's text with the password scrubbed, and the
