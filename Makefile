@@ -21,7 +21,7 @@ test: $(VENV)/.test-deps system-test-deps
 	$(PY) -m pytest -q
 
 # make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
-# 12 minutes; rewrites BENCHMARKS.md; W6 starts a private MariaDB). Quick: BENCH_SCALE=0.05 make bench.
+# 14 minutes; rewrites BENCHMARKS.md; W6 starts a private MariaDB). Quick: BENCH_SCALE=0.05 make bench.
 # More options: BENCH_ARGS='--only willi --workload W1 --runs 1' (see --help).
 bench: $(VENV)/.deps
 	@missing=""; \

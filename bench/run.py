@@ -259,7 +259,7 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
     out = [
         "How to run it: `make bench` (installs Postfix's smtp-source/smtp-sink, haproxy, nginx "
         "and libnginx-mod-mail (and openssl, for W5's certificates) when missing, then runs "
-        "`python bench/run.py`; about 12 minutes on a 2-core machine, W5 to W7 included). A quick check: `BENCH_SCALE=0.05 make bench` (does not rewrite this file "
+        "`python bench/run.py`; about 14 minutes on a 2-core machine, W5 to W7 included). A quick check: `BENCH_SCALE=0.05 make bench` (does not rewrite this file "
         "unless `BENCH_ARGS=--write`). One configuration and workload, e.g. to profile: "
         "`.venv/bin/python bench/run.py --only willi --workload W1 --runs 1 "
         "--willi-cmd 'py-spy record -o w1.svg -- {python} {willi} --config {config}'`. "
