@@ -52,9 +52,14 @@ def _configurations() -> list[str]:
 @pytest.mark.skipif(not _have("smtp-source") or not _have("smtp-sink"), reason="needs Postfix's smtp-source")
 def test_every_configuration_completes_every_workload_and_the_report_renders(tmp_path: Path) -> None:
     configs = _configurations()
+    workloads = WORKLOADS
+    if not (_have("mariadbd") or _have("mysqld")):  # W6's database
+        if os.environ.get("CI"):
+            pytest.fail("mariadb-server is not installed (make system-test-deps installs it)")
+        workloads = WORKLOADS.replace(",W6", "")
     output, numbers = tmp_path / "BENCHMARKS.md", tmp_path / "last-run.json"
     argv = [sys.executable, str(REPO / "bench" / "run.py"), "--only", ",".join(configs),
-            "--workload", WORKLOADS, "--runs", "1", "--scale", SCALE, "--pause", "0", "--timeout", "60",
+            "--workload", workloads, "--runs", "1", "--scale", SCALE, "--pause", "0", "--timeout", "60",
             "--output", str(output), "--write", "--json", str(numbers)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "WILLI_"))}
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -71,11 +76,14 @@ def test_every_configuration_completes_every_workload_and_the_report_renders(tmp
         "W5-W1": set(configs) - {"haproxy", "willi-nopool"},
         "W6-cached": willi, "W6-distinct": willi, "W7-10k": willi,
     }
+    if "W6" not in workloads:
+        del expected["W6-cached"], expected["W6-distinct"]
     for workload, names in expected.items():
         assert {name for w, name in ran if w == workload} == names, workload
     report = output.read_text()
     for heading in ("## Results", "### W1:", "### W2:", "### W3:", "#### W3's strict body checks alone",
                     "| count CRLF |", "### W4-2000:", "### W5-W1:",
-                    "### W6-cached:", "### W6-distinct:", "Beside W1", "### W7-10k:",
+                    *(("### W6-cached:", "### W6-distinct:", "Beside W1") if "W6" in workloads else ()),
+                    "### W7-10k:",
                     "## Targets", "## Method", "## History"):
         assert heading in report
