@@ -1,6 +1,7 @@
 # Two commands for a fresh Debian machine with Python 3.11:
 #   make run    Willi on willi.env.example, in front of a demo upstream
-#   make test   the whole test suite (installs MariaDB, Postfix's smtp-sink, openssl)
+#   make test   the whole test suite (installs MariaDB, Postfix's smtp-sink, openssl, and
+#               nginx, libnginx-mod-mail and haproxy for the benchmark's smoke run)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,7 +21,7 @@ test: $(VENV)/.test-deps system-test-deps
 	$(PY) -m pytest -q
 
 # make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
-# 8 minutes; rewrites BENCHMARKS.md). Quick: BENCH_SCALE=0.05 make bench.
+# 14 minutes; rewrites BENCHMARKS.md; W6 starts a private MariaDB). Quick: BENCH_SCALE=0.05 make bench.
 # More options: BENCH_ARGS='--only willi --workload W1 --runs 1' (see --help).
 bench: $(VENV)/.deps
 	@missing=""; \
@@ -29,8 +30,7 @@ bench: $(VENV)/.deps
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
-	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
-	[ -x /usr/lib/dovecot/lmtp ] || missing="$$missing dovecot-lmtpd"; \
+	command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing="$$missing mariadb-server"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
@@ -80,6 +80,8 @@ system-test-deps:
 	command -v podman >/dev/null || missing="$$missing podman"; \
 	command -v runc >/dev/null || missing="$$missing runc"; \
 	command -v mmdebstrap >/dev/null || missing="$$missing mmdebstrap"; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -e /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \

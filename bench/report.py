@@ -33,6 +33,7 @@ TARGETS = [
     ("W3", "proxy CPU ≤ 1.0 s/GB", "cpu", None, 1.0),
     ("W4-2000", "≤ 3.3 kB per idle session", "mem", None, 3.3),
     ("W4-9000", "≤ 3.3 kB per idle session", "mem", None, 3.3),
+    ("W6-distinct", "msg/s ≥ 0.7× CSV W1", "vs-W1", None, 0.7),
 ]
 
 
@@ -45,6 +46,15 @@ TLS_NOTE = (
     "not run. Willi: `WILLI_UPSTREAM_STARTTLS=required`, certificate verified against the "
     "throwaway CA. \"proxy CPU\" is the proxy's own processes; \"tls relays CPU\" the two "
     "relays together (the server relay does not run for nginx).")
+
+
+TABLE_NOTE = (
+    "\"load s\", \"bytes per row\" (VmRSS after less before, over the rows) and \"peak while "
+    "loading\" (VmHWM less VmRSS before) are Willi's own `load_csv` in a child interpreter "
+    "(bench/tables.py load). \"re-read s\" is from the rewrite of the file to the "
+    "`mapping_reloaded` line in Willi's log (up to a second of it is the stat interval); "
+    "\"worst NOOP during the re-read\" is the longest NOOP round trip of one open session over "
+    "that time and 3.5 s more (Willi frees the replaced table 3 s after the swap), \"before\" the longest over one second before the rewrite.")
 
 
 @dataclass
@@ -148,6 +158,49 @@ def idle_table(wl: Workload, setups: list[str], summaries: dict) -> list[str]:
     return lines
 
 
+def beside_w1(wl: Workload, setups: list[str], summaries: dict) -> list[str]:
+    """W6: each configuration's rate and CPU next to the same configuration's CSV W1."""
+    lines = ["Beside W1 (the same configuration with the csv: mapping, this run):", "",
+             "| configuration | W6 msg/s | CSV W1 msg/s | × CSV W1 | W6 proxy CPU ms/msg | CSV W1 proxy CPU ms/msg |",
+             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for setup in setups:
+        mine, w1 = summaries.get((wl.key, setup)), summaries.get(("W1", setup))
+        if mine is None or not mine.ok:
+            continue
+        cpu = statistics.median([r.cpu_per_unit for r in mine.ok])
+        if w1 is None or not w1.ok:
+            lines.append(f"| {setup} | {num(mine.median('rate'))} | – | – | {num(cpu, 3)} | – |")
+            continue
+        w1_cpu = statistics.median([r.cpu_per_unit for r in w1.ok])
+        lines.append(f"| {setup} | {num(mine.median('rate'))} | {num(w1.median('rate'))} "
+                     f"| {mine.median('rate') / w1.median('rate'):.2f}× | {num(cpu, 3)} | {num(w1_cpu, 3)} |")
+    return lines
+
+
+def table_table(wl: Workload, setups: list[str], summaries: dict) -> list[str]:
+    """W7: load time, memory per row, and what a session waits during a reload."""
+    lines = ["| configuration | runs ok | rows | load s | bytes per row | peak while loading MB "
+             "| Willi RSS MB | re-read s | worst NOOP during the re-read ms | min – max | worst NOOP before ms |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for setup in setups:
+        s = summaries.get((wl.key, setup))
+        if s is None:
+            continue
+        status = f"{len(s.ok)}/{s.runs}" + ("" if len(s.ok) == s.runs else " **FAILED runs**")
+
+        def med(key: str) -> float:
+            values = [r.extra[key] for r in s.ok if key in r.extra]
+            return statistics.median(values) if values else float("nan")
+
+        lo, hi = s.span("rate")
+        rows = next((r.count for r in s.every), 0)
+        lines.append(f"| {setup} | {status} | {rows:,} | {num(med('load_s'), 2)} | {num(med('bytes_per_row'))} "
+                     f"| {num(med('peak_mb'), 1)} | {num(s.median('rss_after_kb') / 1024, 1)} "
+                     f"| {num(med('reload_s'), 2)} | {num(s.median('rate'), 1)} | {num(lo, 1)} – {num(hi, 1)} "
+                     f"| {num(med('baseline_ms'), 1)} |")
+    return lines
+
+
 def pct(value: float) -> str:
     return "–" if value != value else f"{value * 100:.0f}%"
 
@@ -161,7 +214,14 @@ def targets_table(summaries: dict, willi: str) -> list[str]:
         if not mine or not mine.ok or (other and (not theirs or not theirs.ok)):
             lines.append(f"| {wl} | {text} | no data | – |")
             continue
-        if kind == "ratio":
+        if kind == "vs-W1":
+            w1 = summaries.get(("W1", willi))
+            if not w1 or not w1.ok:
+                lines.append(f"| {wl} | {text} | no data | – |")
+                continue
+            value = mine.median("rate") / w1.median("rate")
+            shown, met = f"{value:.2f}×", value >= limit
+        elif kind == "ratio":
             value = mine.median("rate") / theirs.median("rate")
             shown, met = f"{value:.2f}×", value >= limit
         elif kind == "cpu":
@@ -214,8 +274,17 @@ def history_of(path: Path) -> str:
     return HISTORY_DEFAULT
 
 
+SCANNER_NOTE = (
+    "Willi's strict body scanner (`willi/smtp/body.py` `DataScanner`, the default "
+    "`WILLI_BARE_LF=reject`) alone, on 10 MiB of realistic mail (headers with Received and "
+    "DKIM lines, a quoted-printable part, a base64 attachment in 76-character lines), fed in "
+    "the reactor's 256 KiB chunks and in TLS-record-sized 16 KiB ones; each of its C-level "
+    "checks also timed alone over the same chunks (bench/scanner.py, best of 5 passes). "
+    "Seconds of one core per GB of payload, to set beside W3's proxy CPU per GB.")
+
+
 def render(meta: dict, workloads: list[Workload], setups: list[str], results: list[Result],
-           method: list[str], willi: str, history: str) -> str:
+           method: list[str], willi: str, history: str, scanner: list[str] | None = None) -> str:
     summaries = summarise(results)
     out = [
         "# Benchmarks",
@@ -255,12 +324,19 @@ def render(meta: dict, workloads: list[Workload], setups: list[str], results: li
             out += [f"Not measured: {wl.reason}", ""]
             continue
         count = next((r.count for r in results if r.workload == wl.key), 0)
-        out += [f"{count:,} {'idle sessions' if wl.kind == 'idle' else 'messages'} per run.", ""]
+        if wl.kind != "table":
+            out += [f"{count:,} {'idle sessions' if wl.kind == 'idle' else 'messages'} per run.", ""]
         present = list(dict.fromkeys(r.setup for r in results if r.workload == wl.key))
         if wl.tls and wl is next(w for w in workloads if w.tls):
             out += [TLS_NOTE, ""]
-        out += (smtp_table if wl.kind == "smtp" else idle_table)(wl, present, summaries)
+        if wl.kind == "table" and wl is next(w for w in workloads if w.kind == "table"):
+            out += [TABLE_NOTE, ""]
+        out += {"smtp": smtp_table, "table": table_table}.get(wl.kind, idle_table)(wl, present, summaries)
         out.append("")
+        if wl.mapping != "csv":
+            out += [*beside_w1(wl, present, summaries), ""]
+        if wl.key == "W3" and scanner:
+            out += ["#### W3's strict body checks alone", "", SCANNER_NOTE, "", *scanner, ""]
     out += ["## Targets", "", *targets_table(summaries, willi), "",
             "W5 (TLS) has no target in the issue; it is reported above only.", "",
             "## Failed runs and warnings", "", *problems(results), "",

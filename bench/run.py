@@ -55,7 +55,8 @@ def arguments(argv: list[str]) -> argparse.Namespace:
                    default=env("BENCH_CONFIGS", ",".join(setups.DEFAULT_SETUPS)),
                    help=f"configurations, from: {', '.join(setups.SETUPS)} (BENCH_CONFIGS)")
     p.add_argument("--workload", metavar="W1,W2", default=env("BENCH_WORKLOADS", "all"),
-                   help="workloads: W1 W2 W3 W4 (= W4-2000,W4-9000) W5, or all (BENCH_WORKLOADS)")
+                   help="workloads: W1 W2 W3 W4 (= W4-2000,W4-9000) W5 W6 W7 (= W7-10k,W7-100k,"
+                        "W7-1M), or all (BENCH_WORKLOADS)")
     p.add_argument("--runs", type=int, default=int(env("BENCH_RUNS", "3")),
                    help="runs of each configuration (BENCH_RUNS, 3)")
     p.add_argument("--scale", type=float, default=float(env("BENCH_SCALE", "1")),
@@ -86,18 +87,44 @@ def pick_workloads(text: str) -> list[Workload]:
     if text == "all":
         return list(WORKLOADS)
     wanted = [w.strip().upper() for w in text.split(",") if w.strip()]
-    chosen = [wl for wl in WORKLOADS if any(wl.key == w or wl.key.startswith(w + "-") for w in wanted)]
-    unknown = [w for w in wanted if not any(wl.key == w or wl.key.startswith(w + "-") for wl in WORKLOADS)]
+    def named(wl: Workload, w: str) -> bool:
+        key = wl.key.upper()
+        return key == w or key.startswith(w + "-")
+
+    chosen = [wl for wl in WORKLOADS if any(named(wl, w) for w in wanted)]
+    unknown = [w for w in wanted if not any(named(wl, w) for wl in WORKLOADS)]
     if unknown or not chosen:
         raise SystemExit(f"bench: unknown workload(s) {unknown}; known: {[w.key for w in WORKLOADS]}")
     return chosen
 
 
 def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
-    """The configurations a workload runs: W4 has no `direct`, W5 its TLS variants."""
+    """The configurations a workload runs: W4 has no `direct`, W5 its TLS variants,
+    W6 and W7 Willi's alone, and willi-nopool runs W1 and W2 only."""
     if wl.tls:
         return [setups.TLS_NAMES[s] for s in chosen if s in setups.TLS_NAMES]
+    if wl.mapping != "csv" or wl.kind == "table":
+        return [s for s in chosen if s in setups.WILLI_SETUPS]
+    if wl.key not in setups.POOL_WORKLOADS:
+        chosen = [s for s in chosen if s != "willi-nopool"]
     return [s for s in chosen if not (wl.kind == "idle" and s == "direct")]
+
+
+def per_run_options(wl: Workload, opts: setups.Options, rundir: Path, sink_port: int,
+                    scale: float) -> setups.Options:
+    """W6 routes through MariaDB, W7 through a big csv: table written for the run."""
+    if wl.mapping == "mysql":
+        db = opts.database
+        db.route(setups.RCPT_DOMAIN, f"127.0.0.1:{sink_port}")
+        extra = {"WILLI_MAPPING_1": db.url}
+    elif wl.kind == "table":
+        import tables
+
+        tables.write_table(rundir / "table.csv", wl.count(scale), sink_port)
+        extra = {"WILLI_MAPPING_1": f"csv:{rundir / 'table.csv'}", "WILLI_LOG_LEVEL": "info"}
+    else:
+        return opts
+    return dataclasses.replace(opts, willi_env={**extra, **opts.willi_env})
 
 
 def pick_setups(text: str) -> list[str]:
@@ -121,12 +148,16 @@ def run_one(registry: Registry, wl: Workload, setup: str, number: int, opts: set
         if wl.tls:
             running = tls_setup(registry, wl, setup, rundir, sink_port, opts, res, helpers)
         else:
-            running = setups.SETUPS[setup](registry, rundir, sink_port, opts)
+            running = setups.SETUPS[setup](registry, rundir, sink_port,
+                                           per_run_options(wl, opts, rundir, sink_port, args.scale))
         res.commands["proxy"] = running.command
         res.commands.update(running.files)
         if wl.kind == "smtp":
             workloads.measure_smtp(registry, wl, running, sink, res, args.scale, args.timeout, rundir,
                                    port=res_port(res, running), helpers=helpers)
+        elif wl.kind == "table":
+            workloads.measure_table(registry, wl, running, sink, res, args.scale, args.timeout,
+                                    rundir, opts.python, sink_port)
         else:
             workloads.measure_idle(registry, wl, running, sink, res, args.scale, args.timeout,
                                    rundir, opts.python)
@@ -179,7 +210,7 @@ def res_port(res: Result, running: setups.Running) -> int:
 
 def progress(i: int, total: int, res: Result) -> None:
     if res.ok:
-        cpu = "" if res.setup.startswith("direct") or res.unit == "kB/session" else (
+        cpu = "" if res.setup.startswith("direct") or res.unit in ("kB/session", "ms stall") else (
             f", proxy CPU {res.cpu_per_unit:.3f} {'s/GB' if res.unit == 'MB/s' else 'ms/msg'}")
         detail = f"{res.rate:,.2f} {res.unit}{cpu}, {res.wall:.1f}s"
     else:
@@ -228,7 +259,7 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
     out = [
         "How to run it: `make bench` (installs Postfix's smtp-source/smtp-sink, haproxy, nginx "
         "and libnginx-mod-mail (and openssl, for W5's certificates) when missing, then runs "
-        "`python bench/run.py`; about 8 minutes on a 2-core machine, W5 included). A quick check: `BENCH_SCALE=0.05 make bench` (does not rewrite this file "
+        "`python bench/run.py`; about 14 minutes on a 2-core machine, W5 to W7 included). A quick check: `BENCH_SCALE=0.05 make bench` (does not rewrite this file "
         "unless `BENCH_ARGS=--write`). One configuration and workload, e.g. to profile: "
         "`.venv/bin/python bench/run.py --only willi --workload W1 --runs 1 "
         "--willi-cmd 'py-spy record -o w1.svg -- {python} {willi} --config {config}'`. "
@@ -245,8 +276,8 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         f"- nginx: {opts.nginx_workers} worker process(es) and HAProxy: {opts.haproxy_threads} "
         "thread(s) (BENCH_NGINX_WORKERS, BENCH_HAPROXY_THREADS), like Willi's one reactor "
         "process (WILLI_WORKERS=1, the default): the machine's other core is taken by "
-        "smtp-source and smtp-sink. `willi-w2` (WILLI_WORKERS=2) is available with "
-        "`--only ...,willi-w2`.",
+        "smtp-source and smtp-sink. `willi-w2` (WILLI_WORKERS=2) runs beside it in every "
+        "workload, for what a second process buys on the same two cores.",
         "- nginx's `auth_http` is answered by a location of the same nginx (same worker): "
         "`Auth-Status: OK`, `Auth-Server: 127.0.0.1`, `Auth-Port: <sink>`; nginx asks it once "
         "per session, after the first RCPT, then replays HELO/MAIL/RCPT to the sink and "
@@ -295,6 +326,22 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         "client speaks first (its RFC 2487 detection; 5 sequential messages took 1.08 s), "
         "which caps a 50-session connection-per-message load at 250 msg/s, and its thread per "
         "connection cost about 7 ms of CPU per connection on this VM (tlsrelay.py: about 2 ms).",
+        "- `willi-nopool` (W1 and W2 only): Willi with `WILLI_UPSTREAM_POOL_IDLE=0`, so "
+        "every client connection costs an upstream connection as it does for nginx and "
+        "HAProxy: the per-connection cost compared like for like. Willi's default keeps idle "
+        "upstream connections for 5 s, so the sink sees fewer connections.",
+        "- W6: W1 (10,000 messages at scale 1) with `WILLI_MAPPING_1=mysql://...` on a "
+        "MariaDB started once for the benchmark (bench/lookups.py: its own data directory, "
+        "a free port, stopped by PID); before each run the `bench.test` row is pointed at "
+        "that run's sink. W6-cached: every message to `rcpt@bench.test`, so after the first "
+        "every key is answered from Willi's cache on the reactor. W6-distinct: smtp-source "
+        "`-N` puts a sequence number before every recipient, so each recipient's full-address "
+        "key is a cache miss: a query in the worker pool (then `bench.test` from the cache). "
+        "Willi and willi-w2 only; MariaDB's CPU is not in \"proxy CPU\". Target (issue 12): "
+        "W6-distinct ≥ 0.7× CSV W1.",
+        "- W7: csv: tables of 10,000, 100,000 and 1,000,000 rows (customer domains over 50 "
+        "servers, and `bench.test` to the sink), see bench/tables.py and the note above the "
+        "W7 tables. The rewrite is written beside the table and renamed into place.",
         f"- Every process runs with RLIMIT_NOFILE raised to the hard limit "
         f"({procs.raise_nofile():,}); it bounds W4 (HAProxy holds two sockets per session).",
         "",
@@ -351,6 +398,10 @@ def main(argv: list[str]) -> int:
     begin, started = time.monotonic(), datetime.datetime.now().astimezone()
     interrupted = False
     try:
+        if any(wl.mapping == "mysql" and setups_for(wl, chosen) for wl in wls):
+            import lookups
+
+            opts.database = lookups.start_mariadb(registry, tmp / "mariadb")
         for i, (wl, number, setup) in enumerate(plan, 1):
             res = run_one(registry, wl, setup, number, opts, args, tmp)
             results.append(res)
@@ -368,8 +419,14 @@ def main(argv: list[str]) -> int:
     elapsed = time.monotonic() - begin
     meta = {"date": started.strftime("%Y-%m-%d %H:%M %Z"),
             "duration": f"{elapsed / 60:.1f} minutes", "facts": facts(args, chosen)}
+    scan = None
+    if any(wl.key == "W3" for wl in wls) and not interrupted:
+        import scanner
+
+        scan = scanner.table(scanner.run_all())
     text = report.render(meta, wls, chosen, results, method(results, wls, opts, args),
-                         "willi" if "willi" in chosen else chosen[-1], report.history_of(args.output))
+                         "willi" if "willi" in chosen else chosen[-1], report.history_of(args.output),
+                         scan)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "results": [dataclasses.asdict(r) for r in results]},
                                     indent=1))

@@ -40,6 +40,7 @@ class Options:
     haproxy_threads: int = 1
     max_sessions: int = 9000
     certs: "Certs | None" = None  # W5: made once per benchmark by make_certs
+    database: object = None  # W6: the benchmark's MariaDB (lookups.Database), started once
 
 
 @dataclass
@@ -244,14 +245,23 @@ def start_willi_w2(registry: Registry, rundir: Path, sink_port: int, opts: Optio
     return start_willi(registry, rundir, sink_port, opts, {"WILLI_WORKERS": "2"}, "willi-w2")
 
 
+def start_willi_nopool(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    """W1/W2 like for like with nginx: a new upstream connection for every client one."""
+    return start_willi(registry, rundir, sink_port, opts, {"WILLI_UPSTREAM_POOL_IDLE": "0"},
+                       "willi-nopool")
+
+
 SETUPS = {
     "direct": start_direct,
     "haproxy": start_haproxy,
     "nginx": start_nginx,
     "willi": start_willi,
     "willi-w2": start_willi_w2,
+    "willi-nopool": start_willi_nopool,
 }
-DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi"]
+DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi", "willi-w2", "willi-nopool"]
+WILLI_SETUPS = ("willi", "willi-w2")  # W6 and W7 measure Willi's own mappings: Willi only
+POOL_WORKLOADS = ("W1", "W2")  # where willi-nopool runs: the upstream pool's effect
 
 # W5 (STARTTLS on both sides): what each chosen configuration becomes. HAProxy
 # cannot speak STARTTLS (it only terminates TLS from the first byte), so it is

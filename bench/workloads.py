@@ -49,16 +49,21 @@ class Workload:
     idle: int = 0  # W4: idle sessions at BENCH_SCALE=1
     reason: str = ""  # why a "skip" workload is skipped
     tls: bool = False  # W5: STARTTLS on both sides (bench/tlsrelay.py at each end)
+    mapping: str = "csv"  # W6: "mysql", a mysql:// mapping on the benchmark's MariaDB
+    distinct: bool = False  # W6: smtp-source -N, a different recipient for every message
+    rows: int = 0  # W7: rows of the csv: table at BENCH_SCALE=1
 
     @property
     def unit(self) -> str:
-        return {"smtp": "MB/s" if self.size >= 1 << 20 else "msg/s", "idle": "kB/session"}.get(
-            self.kind, "")
+        return {"smtp": "MB/s" if self.size >= 1 << 20 else "msg/s", "idle": "kB/session",
+                "table": "ms stall"}.get(self.kind, "")
 
     def count(self, scale: float) -> int:
         """Messages (or idle sessions) at this scale, rounded to what the load can split."""
         if self.kind == "idle":
             return max(20, round(self.idle * scale))
+        if self.kind == "table":
+            return max(100, round(self.rows * scale))
         chunk = self.sessions * self.per_conn
         return max(chunk, round(self.messages * scale / chunk) * chunk)
 
@@ -80,6 +85,18 @@ WORKLOADS = [
     Workload("W5-W3", "W3 with STARTTLS on both sides: 10 MiB messages, 4 parallel sessions, "
              "a new connection per message", "smtp", size=10 * 1024 * 1024, sessions=4,
              messages=32, tls=True),
+    Workload("W6-cached", "W1 with a mysql:// mapping on MariaDB, every recipient the same "
+             "(answered from Willi's cache)", "smtp", size=2000, sessions=50, messages=10000,
+             mapping="mysql"),
+    Workload("W6-distinct", "W1 with a mysql:// mapping on MariaDB, every recipient different "
+             "(each a cache miss: a query in the worker pool)", "smtp", size=2000, sessions=50,
+             messages=10000, mapping="mysql", distinct=True),
+    Workload("W7-10k", "a csv: table of 10,000 rows: load, memory, and the stall while it is re-read",
+             "table", rows=10_000),
+    Workload("W7-100k", "a csv: table of 100,000 rows: load, memory, and the stall while it is re-read",
+             "table", rows=100_000),
+    Workload("W7-1M", "a csv: table of 1,000,000 rows: load, memory, and the stall while it is re-read",
+             "table", rows=1_000_000),
 ]
 
 
@@ -108,6 +125,7 @@ class Result:
     log_problems: int = 0
     log_excerpt: list[str] = field(default_factory=list)
     commands: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # W7: load_s, bytes_per_row, ...
 
     @property
     def busy_other(self) -> float:
@@ -125,18 +143,21 @@ class Result:
 
 
 # --- the load: lanes of smtp-source -----------------------------------------------
-def source_argv(port: int, sessions: int, messages: int, size: int, keep: bool) -> list[str]:
+def source_argv(port: int, sessions: int, messages: int, size: int, keep: bool,
+                distinct: bool = False) -> list[str]:
     argv = [procs.tool("smtp-source"), "-s", str(sessions), "-m", str(messages), "-l", str(size),
             "-M", SOURCE_HELO, "-f", SENDER, "-t", RECIPIENT]
     if keep:
         argv.append("-d")
+    if distinct:
+        argv.append("-N")  # 1rcpt@bench.test, 2rcpt@bench.test, ...
     return argv + [f"127.0.0.1:{port}"]
 
 
 def plan(wl: Workload, port: int, count: int) -> list[list[list[str]]]:
     """Lanes of smtp-source commands; the lanes run side by side, each in order."""
     if wl.per_conn == 1:
-        return [[source_argv(port, wl.sessions, count, wl.size, False)]]
+        return [[source_argv(port, wl.sessions, count, wl.size, False, wl.distinct)]]
     lanes = wl.sessions // wl.lane_sessions
     per_call = wl.lane_sessions * wl.per_conn
     calls = math.ceil(count / (lanes * per_call))
@@ -271,3 +292,25 @@ def measure_idle(registry: Registry, wl: Workload, running: setups.Running, sink
     else:
         res.rate = (res.rss_after_kb - res.rss_before_kb) / n
         res.ok = True
+
+
+# --- W7: a routing table re-read under a session ------------------------------------------
+def measure_table(registry: Registry, wl: Workload, running: setups.Running, sink: Proc,
+                  res: Result, scale: float, timeout: float, rundir: Path, python: str,
+                  sink_port: int) -> None:
+    """Load time and bytes per row (a child interpreter), then the stall a session sees."""
+    import tables
+
+    res.count = wl.count(scale)
+    table = rundir / "table.csv"
+    res.commands["load"] = (f"{res.count:,} rows in {table.name}; `tables.py load` for the load; "
+                            f"NOOP round trips on one session while the file is rewritten")
+    res.extra.update(tables.measure_load(python, table, setups.REPO))
+    assert running.proc is not None and running.proc.log is not None
+    res.extra.update(tables.measure_stall(running.port, running.proc.log, table, res.count,
+                                          sink_port, timeout))
+    pids = running.pids()
+    res.rss_after_kb = procs.status_kb(pids)
+    res.hwm_kb = procs.status_kb(pids, "VmHWM")
+    res.rate = res.extra["stall_ms"]
+    res.ok = True

@@ -287,6 +287,7 @@ def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier,
     reactor = Reactor()
     workers = WorkerPool(reactor, config.lookup_threads, config.lookup_queue)
     observer = Observer(logger)
+    router.attach(reactor, workers, observer)  # csv: files re-read in the workers from now on
     dialer = Dialer(reactor, workers, dial_settings(config), contexts.get,
                     ObservedLogger(observer))  # its upstream_failed lines counted by target
     try:
@@ -309,7 +310,12 @@ def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier,
     metrics.worker_queue_depth.set_function(lambda: workers.depth)
     metrics.log_lines_dropped.set_function(lambda: logger.sink.dropped)
     metrics_server = MetricsServer(reactor, metrics_sock, metrics.render) if metrics_sock else None
-    reloader = Reloader(config, load, ctx, front, lambda new: _router(new, logger), dial_settings,
+    def build_router(new: Config) -> Router:  # a SIGHUP's router, attached like the first
+        fresh = _router(new, logger)
+        fresh.attach(reactor, workers, observer)
+        return fresh
+
+    reloader = Reloader(config, load, ctx, front, build_router, dial_settings,
                         contexts, _upstream_contexts, logger)
     lifecycle = _Lifecycle(reactor, ctx, front, reloader, notifier, logger)
     reactor.add_signal_handler(signal.SIGTERM, lifecycle.shutdown)

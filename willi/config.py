@@ -329,10 +329,10 @@ _MAPPING_RE = re.compile(
 )
 # Which URI schemes each mapping suffix applies to; elsewhere it would do nothing.
 _MAPPING_SUFFIXES: Mapping[str, tuple[str, str, Callable[[str], object]]] = MappingProxyType({
-    "QUERY": ("mysql", "query", _query),
-    "CACHE_TTL": ("mysql", "cache_ttl", parse_duration),
-    "MISS_TTL": ("mysql", "miss_ttl", parse_duration),
-    "STALE_TTL": ("mysql", "stale_ttl", parse_duration),
+    "QUERY": ("mysql sqlite", "query", _query),
+    "CACHE_TTL": ("mysql sqlite", "cache_ttl", parse_duration),
+    "MISS_TTL": ("mysql sqlite", "miss_ttl", parse_duration),
+    "STALE_TTL": ("mysql sqlite", "stale_ttl", parse_duration),
     "TLS_VERIFY": ("static", "tls_verify", parse_bool),
 })
 _SECRET_KEYS = frozenset({"WILLI_UPSTREAM_AUTH_PASSWORD"})
@@ -468,7 +468,7 @@ def _parse_mappings(raw: Mapping[str, str]) -> tuple[MappingSpec, ...]:
             raise ConfigError(key, mask(key, value), expected)
         groups.setdefault(int(match[1]), {})[match[2] or ""] = (key, value)
     if not groups:
-        expected = "at least one mapping (csv:, static: or mysql://)"
+        expected = "at least one mapping (csv:, static:, sqlite: or mysql://)"
         raise ConfigError("WILLI_MAPPING_1", "", expected)
     return tuple(_mapping(index, groups[index]) for index in sorted(groups))
 
@@ -486,18 +486,18 @@ def _mapping(index: int, keys: Mapping[str, tuple[str, str]]) -> MappingSpec:
         if not suffix:
             continue
         applies_to, field_name, parse = _MAPPING_SUFFIXES[suffix]
-        if scheme != applies_to:
-            expected = f"no such key for a {scheme}: mapping ({applies_to} only)"
+        if scheme not in applies_to.split():
+            expected = f"no such key for a {scheme}: mapping ({applies_to.replace(' ', ' and ')} only)"
             raise ConfigError(key, mask(key, value), expected)
         options[field_name] = _parse(key, value, parse)
     return MappingSpec(index=index, uri=uri, **options)
 
 
 def _mapping_scheme(uri: str) -> str:
-    """Check a mapping URI and return its scheme: csv, static or mysql."""
-    expected = "csv:PATH, static:SERVER or mysql://USER:PASSWORD@HOST[:PORT]/DB"
+    """Check a mapping URI and return its scheme: csv, static, sqlite or mysql."""
+    expected = "csv:PATH, static:SERVER, sqlite:PATH or mysql://USER:PASSWORD@HOST[:PORT]/DB"
     scheme, _, rest = uri.partition(":")
-    if scheme in ("csv", "static") and rest.strip() and not rest.startswith("//"):
+    if scheme in ("csv", "static", "sqlite") and rest.strip() and not rest.startswith("//"):
         return scheme
     if scheme == "mysql":
         try:

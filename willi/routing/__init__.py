@@ -4,7 +4,7 @@ in order (SPEC §3). The types every mapping shares live here."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +52,11 @@ class Mapping(Protocol):
     def get(self, key: str) -> Route | None: ...
 
     def peek(self, key: str) -> "Route | None | NotCached": ...
+
+    def attach(self, reactor: Any, workers: Any) -> None:
+        """Called once the reactor and worker pool exist (not for --check or
+        --lookup): a mapping that re-reads files does so in the workers from now on."""
+        ...
 
     def reload(self) -> None: ...
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from willi.errors import MappingError, StaleMiss
+from willi.records import NullObserver, Observer
 from willi.routing import NOT_CACHED, Mapping, MappingSpec, NotCached, Route
 from willi.routing.csvmap import CsvMapping
 from willi.routing.keys import lookup_keys
@@ -35,14 +37,31 @@ class Answer:
 
 
 class Router:
-    """Asks the mappings in order; the first that answers wins."""
+    """Asks the mappings in order; the first that answers wins.
 
-    __slots__ = ("_mappings", "_delimiter", "_hostname")
+    Every mapping asked reports one `lookup` event to the observer (mapping=,
+    result=hit|miss|stale|error, seconds=), from whichever thread asked; a
+    reactor-side answer of NOT_CACHED reports nothing, the worker's lookup does.
+    """
 
-    def __init__(self, mappings: Sequence[Mapping], delimiter: str, hostname: str) -> None:
+    __slots__ = ("_mappings", "_delimiter", "_hostname", "_observer", "_quiet")
+
+    def __init__(self, mappings: Sequence[Mapping], delimiter: str, hostname: str,
+                 observer: Observer | None = None) -> None:
         self._mappings = tuple(mappings)
         self._delimiter = delimiter
         self._hostname = hostname
+        self._observer: Observer = observer or NullObserver()
+        self._quiet = type(self._observer) is NullObserver
+
+    def attach(self, reactor: Any, workers: Any, observer: Observer | None = None) -> None:
+        """Once the reactor and its worker pool run: mappings that re-read files
+        do it there from now on, off the reactor (csv:); lookups report to `observer`."""
+        if observer is not None:
+            self._observer = observer
+            self._quiet = type(observer) is NullObserver
+        for mapping in self._mappings:
+            mapping.attach(reactor, workers)
 
     @property
     def needs_worker(self) -> bool:
@@ -53,7 +72,7 @@ class Router:
         """The route for `address`, or None. May block; raises MappingError."""
         keys = self._keys(address)
         for mapping in self._mappings:
-            answer = _ask(mapping, mapping.get, keys)
+            answer = _ask(mapping, mapping.get, keys) if self._quiet else self._timed(mapping, keys, fast=False)
             if isinstance(answer, Answer):
                 return answer
         return None
@@ -62,10 +81,34 @@ class Router:
         """Like resolve() but never blocks: NOT_CACHED when a worker is needed."""
         keys = self._keys(address)
         for mapping in self._mappings:
-            answer = _ask(mapping, mapping.peek if mapping.blocking else mapping.get, keys)
+            if self._quiet:  # nobody listens: no clock, no event
+                answer = _ask(mapping, mapping.peek if mapping.blocking else mapping.get, keys)
+            else:
+                answer = self._timed(mapping, keys, fast=True)
             if answer is not None:
                 return answer
         return None
+
+    def _timed(self, mapping: Mapping, keys: list[str], fast: bool) -> Answer | None | NotCached:
+        """_ask, reported as one `lookup` event; `fast` asks a blocking mapping's memory only."""
+        peek = fast and mapping.blocking
+        start = perf_counter()
+        try:
+            answer = _ask(mapping, mapping.peek if peek else mapping.get, keys)
+        except MappingError:
+            self._observer.event("lookup", level="warning", mapping=mapping.name, result="error",
+                                 seconds=perf_counter() - start)
+            raise
+        if answer is NOT_CACHED:
+            return answer
+        if answer is None:
+            result = "miss"
+        elif mapping.blocking and not peek and mapping.served_stale():  # type: ignore[attr-defined]
+            result = "stale"
+        else:
+            result = "hit"
+        self._observer.event("lookup", mapping=mapping.name, result=result, seconds=perf_counter() - start)
+        return answer
 
     def reload(self) -> None:
         """SIGHUP: every mapping re-reads what it can (each keeps its old data on failure)."""
@@ -127,6 +170,10 @@ def build_mappings(specs: Sequence[MappingSpec], logger: Any) -> list[Mapping]:
             mappings.append(CsvMapping(spec, logger))
         elif scheme == "static":
             mappings.append(StaticMapping(spec))
+        elif scheme == "sqlite":
+            from willi.routing.sqlite import SqliteMapping
+
+            mappings.append(SqliteMapping(spec, logger))
         elif scheme == "mysql" and spec.uri.startswith("mysql://"):
             # Imported only when configured: only mysql.py imports PyMySQL.
             from willi.routing.mysql import MysqlMapping
@@ -134,6 +181,6 @@ def build_mappings(specs: Sequence[MappingSpec], logger: Any) -> list[Mapping]:
             mappings.append(MysqlMapping(spec, logger))
         else:
             raise MappingError(
-                f"{spec.name}: unknown mapping type {scheme!r} (expected csv:, mysql:// or static:)"
+                f"{spec.name}: unknown mapping type {scheme!r} (expected csv:, sqlite:, mysql:// or static:)"
             )
     return mappings

@@ -7,6 +7,8 @@ start-up, so a typo stops the start instead of failing every session.
 
 from __future__ import annotations
 
+from typing import Any
+
 from willi.errors import MappingError
 from willi.routing import MappingSpec, NotCached, Route
 from willi.targets import parse_targets
@@ -34,6 +36,9 @@ class StaticMapping:
 
     def peek(self, key: str) -> Route | None | NotCached:
         return self._route
+
+    def attach(self, reactor: Any, workers: Any) -> None:
+        """Nothing to watch."""
 
     def reload(self) -> None:
         """Nothing to re-read: the route is part of the configuration."""
