@@ -287,3 +287,10 @@ def test_a_feature_not_built_yet_stops_the_start_instead_of_being_ignored(
     err = result.stderr.splitlines()
     assert len(err) == 1 and key in err[0] and "not supported" in err[0], result.stderr
     assert not port_accepts(LOOPBACK_V4, port)
+
+
+def test_lookup_of_the_domain_of_a_dot_key_finds_no_route(routes_csv: Path, tmp_path: Path) -> None:
+    # SPEC §3: ".example.net" matches subdomains only, never example.net itself.
+    result = run("--lookup", "dave@example.net", env=base_env(routes_csv), tmp_path=tmp_path)
+    assert result.returncode == 1, result
+    assert "no route" in result.stdout
