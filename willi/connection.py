@@ -9,7 +9,11 @@ LOW_WATER it may resume: that is how backpressure crosses from one side of a
 session to the other. Pending TLS output counts towards the queue too.
 
 There is one fatal path: `_lost(exc)` tells the owner once and closes.
-`close()` is idempotent and never calls the owner back.
+`close()` is idempotent and never calls the owner back. When a callback of
+this connection raises, the reactor's guard calls `fatal(exc)`: the
+exception goes to the `guardian` (the session that pairs this connection
+with another, so a fault on either side ends the session), else the owner's
+own `fatal`, else the connection counts as lost and the fault is reported.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class Connection:
     __slots__ = (
         "reactor", "sock", "owner", "_out", "_out_size", "_events", "closed",
         "_reading", "_write_paused", "_close_when_flushed", "tls", "_tls_done",
-        "_connect_done", "bytes_in", "bytes_out", "__weakref__",
+        "_connect_done", "bytes_in", "bytes_out", "guardian", "__weakref__",
     )
 
     def __init__(self, reactor: Reactor, sock: socket.socket, owner: Owner) -> None:
@@ -68,6 +72,7 @@ class Connection:
         self._connect_done: Callable[[BaseException | None], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.guardian: Any = None  # who ends when a callback of this connection raises
 
     # --- opening ------------------------------------------------------------
     @classmethod
@@ -323,6 +328,16 @@ class Connection:
         else:
             self.reactor.modify(self.sock, events, self)
         self._events = events
+
+    def fatal(self, exc: BaseException) -> None:
+        """The reactor's guard: one of this connection's callbacks raised."""
+        for who in (self.guardian, self.owner):
+            fatal = getattr(who, "fatal", None)
+            if fatal is not None:
+                fatal(exc)
+                return
+        self.reactor.on_fault(exc, self.owner)
+        self._lost(exc)
 
     def _lost(self, exc: BaseException | None) -> None:
         if self.closed:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import itertools
 import os
 import ssl
+import traceback
 from typing import Any, Callable
 
 from willi import dns, replies, tls
 from willi.config import Config
 from willi.log import Logger
+from willi.records import Observer, RecipientRecord, SessionRecord, TransactionRecord
 from willi.reactor import Reactor
 from willi.routing.router import Router
 from willi.smtp.server import ServerSettings
@@ -60,17 +62,48 @@ class ReverseNames:
             callback(name)
 
 
+class LogObserver:
+    """The Observer contract over the Logger, until willi.observe lands: one
+    `transaction` line per TransactionRecord (the fields operators grep),
+    events as lines of their own name."""
+
+    def __init__(self, logger: Logger) -> None:
+        self.logger = logger
+
+    def recipient(self, record: RecipientRecord) -> None:
+        self.logger.debug("recipient", **_fields(record))
+
+    def transaction(self, r: TransactionRecord) -> None:
+        self.logger.info(
+            "transaction", session=r.session, txn=r.txn, client=r.client, helo=r.helo, tls=r.tls,
+            sender=r.sender, rcpts=",".join(r.accepted) or None, rejected=r.refused or None,
+            upstream=r.upstream, upstream_tls=r.upstream_tls, status=r.status, result=r.code, text=r.text,
+            size=r.size, aborted=r.aborted, chunking=r.chunking or None, duration=r.duration)
+
+    def session(self, record: SessionRecord) -> None:
+        self.logger.debug(record.event, **_fields(record))
+
+    def event(self, name: str, level: str = "info", **fields: object) -> None:
+        self.logger.log(level, name, **fields)
+
+
+def _fields(record: object) -> dict[str, object]:
+    return {name: getattr(record, name) for name in record.__slots__}  # type: ignore[attr-defined]
+
+
 class Context:
     """Shared by all sessions of one reactor."""
 
     def __init__(self, config: Config, reactor: Reactor, workers: WorkerPool, router: Router,
-                 dialer: Dialer, logger: Logger) -> None:
+                 dialer: Dialer, logger: Logger, observer: Observer | None = None) -> None:
         self.config = config
         self.reactor = reactor
         self.workers = workers
         self.router = router
         self.dialer = dialer
         self.logger = logger
+        self.observer: Observer = observer if observer is not None else LogObserver(logger)
+        reactor.on_fault = self._fault
         self.server_settings = ServerSettings(
             hostname=config.hostname, max_message_size=config.max_message_size,
             max_recipients=config.max_recipients, max_errors=config.max_errors,
@@ -112,3 +145,12 @@ class Context:
 
     def log_transaction(self, **fields: Any) -> None:
         self.logger.info("transaction", **fields)
+
+    def _fault(self, exc: BaseException, owner: Any) -> None:
+        """A callback raised and its owner could not take it: report it once."""
+        self.observer.event("session_fault", level="error", owner=type(owner).__name__,
+                            error=repr(exc), traceback=format_traceback(exc))
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from willi import replies
 from willi.connection import Connection
+from willi.context import format_traceback
 from willi.errors import MappingError, UpstreamError, WilliError
 from willi.reactor import Timer
 from willi.routing import NOT_CACHED
@@ -94,7 +95,7 @@ class Session:
         self.txn_last = b""
         self._processing = False
         self.client = Connection.accepted(ctx.reactor, sock, self)
-        self.client_timer = ctx.reactor.call_later(ctx.client_timeout, self._client_timer_fired)
+        self.client_timer = ctx.reactor.call_later(ctx.client_timeout, self._client_timer_fired, owner=self)
         self.proto.greet()
         self._flush_client()
 
@@ -181,7 +182,7 @@ class Session:
 
     def _lookup_in_worker(self, address: Address) -> None:
         token = self._next_token()
-        timer = self.ctx.reactor.call_later(self.ctx.lookup_timeout, self._lookup_timed_out, token, address)
+        timer = self.ctx.reactor.call_later(self.ctx.lookup_timeout, self._lookup_timed_out, token, address, owner=self)
 
         def done(answer: Any, exc: BaseException | None) -> None:
             if token != self.token or self.closed:
@@ -254,6 +255,8 @@ class Session:
 
     def _adopt(self, link: UpstreamLink) -> None:
         self.link = link
+        if link.conn is not None:
+            link.conn.guardian = self  # a fault on the upstream side ends this session
         link.on_idle_lost = self._link_lost
         link.on_pause = self._upstream_full
         link.on_resume = self._upstream_drained
@@ -358,6 +361,8 @@ class Session:
         self.proto.answer(reply, go)
         if go:
             self._flush_client()
+            if self.closed:  # writing the 354 found the client gone (issue 9)
+                return
             self.scanner = DataScanner(self.ctx.server_settings.max_message_size, self.ctx.strict_body)
             self.body_failure = None
             start = self.proto.take_body_start()
@@ -459,7 +464,7 @@ class Session:
         except WilliError as exc:
             self.close(f"TLS: {exc}")
             return
-        self.tls_timer = self.ctx.reactor.call_later(self.ctx.tls_handshake_timeout, self._tls_timed_out)
+        self.tls_timer = self.ctx.reactor.call_later(self.ctx.tls_handshake_timeout, self._tls_timed_out, owner=self)
         self.client.start_tls(engine, lambda exc: self._tls_done(engine, exc))
 
     def _tls_done(self, engine: TLSEngine, exc: BaseException | None) -> None:
@@ -501,7 +506,7 @@ class Session:
         self._cancel_stall_timer()
         if self.link is not None:
             self.stall_timer = self.ctx.reactor.call_later(
-                self.ctx.data_timeout, self._upstream_stalled, self.link.out_size)
+                self.ctx.data_timeout, self._upstream_stalled, self.link.out_size, owner=self)
 
     def _upstream_drained(self) -> None:
         self._cancel_stall_timer()
@@ -540,7 +545,7 @@ class Session:
         idle = reactor.time() - self.last_client
         if waiting_on_us or idle < timeout:
             delay = timeout if waiting_on_us else timeout - idle
-            self.client_timer = reactor.call_later(delay, self._client_timer_fired)
+            self.client_timer = reactor.call_later(delay, self._client_timer_fired, owner=self)
             return
         self._end_transaction(None, "client timeout")
         self._say_goodbye(replies.CLIENT_TIMEOUT)
@@ -561,6 +566,25 @@ class Session:
         self._flush_client()
         self.close("closing", flush=True)
 
+    def fatal(self, exc: BaseException) -> None:
+        """The reactor's guard: a callback of this session raised. Only this
+        session ends: the client hears 421 4.3.0 if it can still be written
+        to, the upstream is aborted (never a dot or QUIT inside a body), and
+        the traceback is reported once."""
+        self.ctx.observer.event("session_fault", level="error", session=self.id, error=repr(exc),
+                                traceback=format_traceback(exc))
+        link, self.link = self.link, None
+        if link is not None:
+            link.on_idle_lost = None
+            link.abort()
+        if self.closed:
+            return
+        self.scanner = None
+        if not self.client.closed:
+            self.proto.close()
+            self.client.write(replies.SESSION_FAULT)
+        self.close("fault", flush=True)
+
     def close(self, reason: str, flush: bool = False) -> None:
         """The one way a session ends; idempotent. A message in flight is
         never completed: its upstream connection is aborted."""
@@ -574,7 +598,10 @@ class Session:
             self.dialing.cancel()
             self.dialing = None
         self._end_transaction(None, reason)
-        self._drop_link(abort=self.scanner is not None)
+        # A command in flight (DATA before its 354) or a body: a QUIT now could
+        # become message data, so the upstream is aborted instead (issue 9).
+        link = self.link
+        self._drop_link(abort=self.scanner is not None or (link is not None and (link.busy or link.in_transaction)))
         self.scanner = None
         if flush:
             self.client.close_when_flushed()
