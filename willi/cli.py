@@ -22,7 +22,7 @@ from willi.reactor import Reactor
 from willi.routing.router import Router, build_mappings
 from willi.session import Session
 from willi.smtp.address import AddressError, parse_path_argument
-from willi.upstream_link import DialSettings, Dialer
+from willi.upstream import DialSettings, Dialer
 from willi.workers import WorkerPool
 
 

@@ -19,7 +19,7 @@ from willi.records import Observer, RecipientRecord, SessionRecord, TransactionR
 from willi.reactor import Reactor
 from willi.routing.router import Router
 from willi.smtp.server import ServerSettings
-from willi.upstream_link import Dialer
+from willi.upstream import Dialer
 from willi.workers import PoolFull, WorkerPool
 
 

@@ -1,5 +1,10 @@
 """Typed errors. Those that end in an SMTP reply carry it, so the code that
-catches them never has to choose a reply code of its own."""
+catches them never has to choose a reply code of its own: it answers the
+client `exc.reply`, and there is no second type-to-reply map anywhere.
+
+The base classes carry no reply: a ConfigError ends the start, not a
+session, and an UpstreamError is only ever raised as one of its kinds.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,6 @@ from willi import replies
 
 class WilliError(Exception):
     """Base of every error Willi raises on purpose."""
-
-    reply: bytes = replies.UPSTREAM_PROTOCOL
 
 
 class ConfigError(WilliError):
@@ -39,12 +42,43 @@ class StaleMiss(MappingError):
 
 
 class UpstreamError(WilliError):
-    """A target could not be used (refused, timed out, bad greeting, TLS)."""
+    """Something went wrong with an upstream. Abstract: raise one of the
+    subclasses below, each of which carries the reply the client gets."""
+
+    reply: bytes
+
+
+class UpstreamUnavailable(UpstreamError):
+    """A target cannot be used: refused, bad greeting, TLS policy, XCLIENT
+    or AUTH refused. The dialer tries the next target of the route."""
 
     reply = replies.UPSTREAM_UNAVAILABLE
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time."""
+
+    reply = replies.UPSTREAM_TIMEOUT
+
+
+class UpstreamLost(UpstreamError):
+    """The upstream closed the connection or it broke."""
+
+    reply = replies.UPSTREAM_LOST
+
+
+class UpstreamProtocolError(UpstreamError):
+    """The upstream sent something that is not an SMTP reply, or a reply
+    nobody asked for: the connection is dropped and never trusted again."""
+
+    reply = replies.UPSTREAM_PROTOCOL
+
+
+class NeedsSMTPUTF8(UpstreamError):
+    """The message needs SMTPUTF8 and the upstream does not offer it."""
+
+    reply = replies.NEED_SMTPUTF8
 
 
 class TLSError(WilliError):
     """A TLS handshake or record failed."""
-
-    reply = replies.UPSTREAM_UNAVAILABLE

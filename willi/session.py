@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from willi import replies
 from willi.connection import Connection
 from willi.context import format_traceback
-from willi.errors import MappingError, UpstreamError, WilliError
+from willi.errors import (MappingError, NeedsSMTPUTF8, UpstreamError, UpstreamProtocolError, UpstreamTimeout,
+                          WilliError)
 from willi.reactor import Timer
 from willi.routing import NOT_CACHED
 from willi.routing.router import Answer
@@ -28,9 +29,9 @@ from willi.smtp import server as smtp
 from willi.smtp.address import Address
 from willi.smtp.body import TOO_BIG, DataScanner
 from willi.smtp.reply import Reply
-from willi.smtp.upstream import ClientInfo, NeedsSMTPUTF8, mail_command, rcpt_command
+from willi.smtp.upstream import ClientInfo, mail_command, rcpt_command
 from willi.tls import TLSEngine
-from willi.upstream_link import UpstreamLink, UpstreamProtocolError, UpstreamTimeout
+from willi.upstream import UpstreamLink
 from willi.workers import PoolFull
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from willi import replies
-from willi.errors import UpstreamError
+from willi.errors import NeedsSMTPUTF8, UpstreamError
 from willi.smtp import xtext
 from willi.smtp.address import Address
 from willi.smtp.reply import Reply, ReplyReader
@@ -21,7 +21,6 @@ from willi.smtp.upstream import (
     ClientInfo,
     Greeted,
     HandshakeSettings,
-    NeedsSMTPUTF8,
     capabilities,
     handshake,
     mail_command,

@@ -5,7 +5,7 @@ happened: it yields bytes to send (and is sent the upstream's Reply), EXPECT
 to wait for a reply without sending (the greeting), START_TLS to run the TLS
 handshake (sent None once it is done), or NEED_NAME for the client's reverse
 DNS name (sent the name). It returns the upstream's final capabilities, or
-raises UpstreamError when this target cannot be used. The session runs it
+raises UpstreamUnavailable when this target cannot be used. The session runs it
 over a real connection; tests run it over a list of replies.
 
 Order after the greeting (SPEC §4): EHLO (LHLO for LMTP; HELO when EHLO is
@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generator, Mapping
 
-from willi import replies
-from willi.errors import UpstreamError
+from willi.errors import NeedsSMTPUTF8, UpstreamUnavailable
 from willi.smtp import xtext
 from willi.smtp.address import Address
 from willi.smtp.reply import Reply
@@ -101,7 +100,7 @@ def _capabilities(raw: bytes) -> Mapping[str, str]:
 def handshake(settings: HandshakeSettings, client: ClientInfo) -> Dialogue:
     greeting = yield EXPECT
     if greeting.code != 220:  # type: ignore[union-attr]
-        raise UpstreamError(f"greeting {greeting.code}: {greeting.text}")  # type: ignore[union-attr]
+        raise UpstreamUnavailable(f"greeting {greeting.code}: {greeting.text}")  # type: ignore[union-attr]
     caps = yield from _hello(settings)
     greeted = Greeted(caps, tls=settings.tls_active)
     if not greeted.tls and _wants_starttls(settings, caps):
@@ -111,20 +110,20 @@ def handshake(settings: HandshakeSettings, client: ClientInfo) -> Dialogue:
             greeted.tls = True
             caps = yield from _hello(settings)
         elif settings.starttls == "required":
-            raise UpstreamError(f"STARTTLS refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
+            raise UpstreamUnavailable(f"STARTTLS refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
     elif settings.starttls == "required" and not greeted.tls:
-        raise UpstreamError("STARTTLS required but not offered")
+        raise UpstreamUnavailable("STARTTLS required but not offered")
     offered = _xclient_offered(caps) if settings.xclient != "off" else set()
     if offered:
         name = (yield NEED_NAME) if "NAME" in offered else None
         for command in xclient_commands(offered, client, name):  # type: ignore[arg-type]
             reply = yield command
             if not reply.positive:  # type: ignore[union-attr]
-                raise UpstreamError(f"XCLIENT refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
+                raise UpstreamUnavailable(f"XCLIENT refused: {reply.code} {reply.text}")  # type: ignore[union-attr]
         greeted.xclient = True
         caps = yield from _hello(settings)
     elif settings.xclient == "required":
-        raise UpstreamError("XCLIENT required but not offered")
+        raise UpstreamUnavailable("XCLIENT required but not offered")
     greeted.capabilities = caps
     return greeted
 
@@ -149,10 +148,10 @@ def _hello(settings: HandshakeSettings) -> Generator[bytes, Reply, Mapping[str, 
     if reply.positive:
         return capabilities(reply)
     if settings.lmtp or reply.code < 500:
-        raise UpstreamError(f"{verb.decode()} refused: {reply.code} {reply.text}")
+        raise UpstreamUnavailable(f"{verb.decode()} refused: {reply.code} {reply.text}")
     reply = yield b"HELO %s\r\n" % host
     if not reply.positive:
-        raise UpstreamError(f"HELO refused: {reply.code} {reply.text}")
+        raise UpstreamUnavailable(f"HELO refused: {reply.code} {reply.text}")
     return {}
 
 
@@ -201,12 +200,6 @@ def _pack(verb: bytes, attributes: list[bytes]) -> list[bytes]:
     if current != verb:
         lines.append(current + b"\r\n")
     return lines
-
-
-class NeedsSMTPUTF8(UpstreamError):
-    """The message needs SMTPUTF8 and the upstream does not offer it."""
-
-    reply = replies.NEED_SMTPUTF8
 
 
 def mail_command(sender: Address, params: dict[str, str | None], caps: Mapping[str, str]) -> bytes:

@@ -19,7 +19,7 @@ from willi.reactor import Reactor, Timer
 from willi.routing import Route
 
 if TYPE_CHECKING:
-    from willi.upstream_link import UpstreamLink
+    from willi.upstream.link import UpstreamLink
 
 
 class LinkPool:

@@ -1,0 +1,212 @@
+"""One upstream connection, speaking SMTP or LMTP.
+
+`UpstreamLink` pairs a Connection with a ReplyReader and a FIFO of callbacks:
+each command sent (or reply expected) queues a callback, each complete reply
+pops one. A reply with no callback waiting (an upstream talking out of turn),
+a lost connection or a reply that does not come in time fails every waiting
+callback with an UpstreamError and closes the link.
+"""
+
+from __future__ import annotations
+
+import collections
+import ssl
+from typing import Any, Callable
+
+from willi.connection import Connection
+from willi.errors import UpstreamError, UpstreamLost, UpstreamProtocolError, UpstreamTimeout
+from willi.reactor import Reactor, Timer
+from willi.routing import Route
+from willi.smtp.reply import Reply, ReplyError, ReplyReader
+from willi.targets import Target
+from willi.tls import TLSEngine
+
+Outcome = "Reply | UpstreamError"
+ReplyCallback = Callable[[Any], None]
+
+
+class UpstreamLink:
+    """A connection to one upstream target, speaking SMTP or LMTP."""
+
+    __slots__ = (
+        "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer", "_deadline",
+        "capabilities", "tls", "tls_verified", "xclient", "in_transaction", "reused",
+        "on_idle_lost", "on_pause", "on_resume", "__weakref__",
+    )
+
+    def __init__(self, reactor: Reactor, route: Route, target: Target) -> None:
+        self.reactor = reactor
+        self.route = route
+        self.target = target
+        self.conn: Connection | None = None
+        self._reader = ReplyReader()
+        self._waiting: collections.deque[tuple[ReplyCallback, float]] = collections.deque()
+        self._timer: Timer | None = None
+        self._deadline = 0.0  # when the awaited reply is due; 0: none awaited
+        self.capabilities: dict[str, str] = {}
+        self.tls: str | None = None  # TLS version once encrypted
+        self.tls_verified = False
+        self.xclient = False
+        self.in_transaction = False  # MAIL FROM accepted, not yet finished
+        self.reused = False  # taken from the pool: it may have died while parked
+        # Set by the session that owns the link.
+        self.on_idle_lost: Callable[[UpstreamLink, UpstreamError], None] | None = None
+        self.on_pause: Callable[[], None] | None = None
+        self.on_resume: Callable[[], None] | None = None
+
+    @property
+    def lmtp(self) -> bool:
+        return self.target.is_lmtp
+
+    @property
+    def closed(self) -> bool:
+        return self.conn is None or self.conn.closed
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._waiting)
+
+    # --- commands -----------------------------------------------------------
+    def command(self, data: bytes, callback: ReplyCallback, timeout: float) -> None:
+        """Send one command; callback(Reply | UpstreamError) follows."""
+        self.expect(callback, timeout)
+        if self.conn is not None:
+            self.conn.write(data)
+
+    def pipeline(self, commands: tuple[tuple[bytes, ReplyCallback], ...], timeout: float) -> None:
+        """Several commands in one write (RFC 2920); callbacks follow in order."""
+        for _, callback in commands:
+            self.expect(callback, timeout)
+        if self.conn is not None:
+            self.conn.write(b"".join(data for data, _ in commands))
+
+    def expect(self, callback: ReplyCallback, timeout: float) -> None:
+        """Wait for one more reply without sending anything."""
+        if self.closed:
+            self.reactor.call_soon(callback, UpstreamLost("upstream connection closed"))
+            return
+        self._waiting.append((callback, timeout))
+        if len(self._waiting) == 1:
+            self._arm(timeout)
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Message body bytes: no reply expected for them."""
+        if self.conn is not None:
+            self.conn.write(data)
+
+    @property
+    def out_size(self) -> int:
+        return 0 if self.conn is None else self.conn.out_size
+
+    def quit(self) -> None:
+        """Polite close: QUIT, then close once it is sent (no need to wait for 221)."""
+        self._drop_timer()
+        if self.conn is not None and not self.conn.closed:
+            self._waiting.clear()
+            self.conn.write(b"QUIT\r\n")
+            self.conn.close_when_flushed()
+
+    def abort(self) -> None:
+        """Drop the connection at once (RST): a partial message must never be
+        mistaken for a finished one."""
+        self._drop_timer()
+        self._waiting.clear()
+        if self.conn is not None:
+            self.conn.abort()
+
+    # --- TLS ----------------------------------------------------------------
+    def start_tls(self, context: ssl.SSLContext, done: Callable[[BaseException | None], None]) -> None:
+        # Replies read before the handshake are never trusted (response injection).
+        self._reader.clear()
+        host = self.target.host or None
+        engine = TLSEngine(context, server_side=False, server_hostname=host)
+
+        def finished(exc: BaseException | None) -> None:
+            if exc is None:
+                self.tls = engine.version
+                self.tls_verified = engine.verified
+            done(exc)
+
+        assert self.conn is not None
+        self.conn.start_tls(engine, finished)
+
+    # --- Connection owner ---------------------------------------------------
+    def on_data(self, conn: Connection, data: memoryview) -> None:
+        try:
+            self._reader.feed(data)
+            while True:
+                reply = self._reader.next_reply()
+                if reply is None:
+                    return
+                self._dispatch(reply)
+                if self.closed:
+                    return
+        except ReplyError as exc:
+            self._fail(UpstreamProtocolError(str(exc)))
+
+    def _dispatch(self, reply: Reply) -> None:
+        if not self._waiting:
+            self._fail(UpstreamProtocolError(f"unexpected reply: {reply.code} {reply.text}"))
+            return
+        callback, _ = self._waiting.popleft()
+        if self._waiting:
+            self._arm(self._waiting[0][1])
+        else:
+            self._cancel_timer()
+        callback(reply)
+
+    def on_lost(self, conn: Connection, exc: BaseException | None) -> None:
+        reason = f"connection lost: {exc}" if exc else "connection closed by upstream"
+        self._fail(UpstreamLost(reason))
+
+    def on_pause_writing(self, conn: Connection) -> None:
+        if self.on_pause is not None:
+            self.on_pause()
+
+    def on_resume_writing(self, conn: Connection) -> None:
+        if self.on_resume is not None:
+            self.on_resume()
+
+    # --- failure ------------------------------------------------------------
+    def _arm(self, timeout: float) -> None:
+        """Expect a reply within timeout. One timer per link, re-armed lazily:
+        moving the deadline costs no heap operation unless it comes closer."""
+        deadline = self.reactor.time() + timeout
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None and timer.when <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timer = self.reactor.call_later(timeout, self._check_deadline)
+
+    def _cancel_timer(self) -> None:
+        self._deadline = 0.0
+
+    def _drop_timer(self) -> None:
+        self._deadline = 0.0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if not self._deadline:
+            return  # nothing awaited any more
+        remaining = self._deadline - self.reactor.time()
+        if remaining > 0:
+            self._timer = self.reactor.call_later(remaining, self._check_deadline)
+            return
+        self._fail(UpstreamTimeout("upstream timed out"))
+
+    def _fail(self, exc: UpstreamError) -> None:
+        """The one fatal path: every waiting callback learns of it, once."""
+        self._drop_timer()
+        waiting, self._waiting = self._waiting, collections.deque()
+        if self.conn is not None:
+            self.conn.abort()
+        if waiting:
+            for callback, _ in waiting:
+                callback(exc)
+        elif self.on_idle_lost is not None:
+            self.on_idle_lost(self, exc)
