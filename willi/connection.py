@@ -46,6 +46,10 @@ class Owner(Protocol):
 
     def on_resume_writing(self, conn: "Connection") -> None: ...
 
+    # Optional: `on_eof(conn)`. An owner that has it is told of a read EOF
+    # (the peer half-closed) and may still write; one that has not is told
+    # `on_lost(conn, None)`.
+
 
 class Connection:
     """A non-blocking stream socket driven by the reactor."""
@@ -53,7 +57,7 @@ class Connection:
     __slots__ = (
         "reactor", "sock", "owner", "_out", "_out_size", "_events", "closed",
         "_reading", "_write_paused", "_close_when_flushed", "tls", "_tls_done",
-        "_connect_done", "bytes_in", "bytes_out", "guardian", "__weakref__",
+        "_connect_done", "bytes_in", "bytes_out", "guardian", "at_eof", "__weakref__",
     )
 
     def __init__(self, reactor: Reactor, sock: socket.socket, owner: Owner) -> None:
@@ -73,6 +77,7 @@ class Connection:
         self.bytes_in = 0
         self.bytes_out = 0
         self.guardian: Any = None  # who ends when a callback of this connection raises
+        self.at_eof = False  # the peer half-closed: nothing more to read
 
     # --- opening ------------------------------------------------------------
     @classmethod
@@ -123,7 +128,7 @@ class Connection:
             self._update_interest()
 
     def resume_reading(self) -> None:
-        if not self._reading and not self.closed and self._connect_done is None:
+        if not self._reading and not self.closed and self._connect_done is None and not self.at_eof:
             self._reading = True
             self._update_interest()
             if self.tls is not None and self._tls_done is None and self.tls.buffered_input:
@@ -142,7 +147,7 @@ class Connection:
             self._lost(exc)
             return
         if n == 0:
-            self._lost(None)
+            self._eof()
             return
         self.bytes_in += n
         if self.tls is None:
@@ -303,7 +308,7 @@ class Connection:
             self._flush_tls()
             if n == 0:
                 if engine.peer_closed:
-                    self._lost(None)
+                    self._eof()
                 return
             self.owner.on_data(self, view[:n])
 
@@ -328,6 +333,17 @@ class Connection:
         else:
             self.reactor.modify(self.sock, events, self)
         self._events = events
+
+    def _eof(self) -> None:
+        """The peer will send nothing more; it may still read (half-close)."""
+        on_eof = getattr(self.owner, "on_eof", None)
+        if on_eof is None:
+            self._lost(None)
+            return
+        self.at_eof = True
+        self._reading = False
+        self._update_interest()
+        on_eof(self)
 
     def fatal(self, exc: BaseException) -> None:
         """The reactor's guard: one of this connection's callbacks raised."""

@@ -102,7 +102,7 @@ class ServerProtocol:
     __slots__ = (
         "settings", "phase", "_lines", "_out", "_pending", "helo", "esmtp",
         "tls_active", "mail", "mail_params", "accepted", "errors",
-        "_ehlo_plain", "_ehlo_tls",
+        "_ehlo_plain", "_ehlo_tls", "_void",
     )
 
     def __init__(self, settings: ServerSettings, ehlo_plain: bytes | None = None,
@@ -119,6 +119,7 @@ class ServerProtocol:
         self.mail_params: dict[str, str | None] = {}
         self.accepted = 0
         self.errors = 0
+        self._void = False  # the upstream went away inside this transaction
         # Pre-rendered once per configuration, shared by every session.
         self._ehlo_plain = ehlo_plain or replies.ehlo(settings.hostname, settings.capabilities(False))
         self._ehlo_tls = ehlo_tls or replies.ehlo(settings.hostname, settings.capabilities(True))
@@ -190,6 +191,13 @@ class ServerProtocol:
         self._reset_transaction()
         self.phase = Phase.COMMAND
 
+    def void_transaction(self) -> None:
+        """The upstream went away inside the transaction, and the client has
+        its 4xx (SPEC §2): the recipients accepted are void. Later RCPT and
+        DATA of it get 451 too, and a new MAIL needs no RSET."""
+        self._void = True
+        self.accepted = 0
+
     def tls_started(self) -> None:
         """RFC 3207 §4.2: after the handshake the session starts over."""
         self.tls_active = True
@@ -237,7 +245,7 @@ class ServerProtocol:
     def _mail(self, arg: bytes) -> Event | None:
         if self.helo is None:
             return self._error(replies.NEED_HELO)
-        if self.mail is not None:
+        if self.mail is not None and not self._void:
             return self._error(replies.NESTED_MAIL)
         if arg[:5].upper() != b"FROM:":
             return self._error(replies.SYNTAX_MAIL)
@@ -252,6 +260,7 @@ class ServerProtocol:
         self.mail = address
         self.mail_params = params
         self.accepted = 0
+        self._void = False
         self._out += replies.SENDER_OK
         return None
 
@@ -276,6 +285,9 @@ class ServerProtocol:
     def _rcpt(self, arg: bytes) -> Event | None:
         if self.mail is None:
             return self._error(replies.NEED_MAIL)
+        if self._void:
+            self._out += replies.UPSTREAM_LOST
+            return None
         if arg[:3].upper() != b"TO:":
             return self._error(replies.SYNTAX_RCPT)
         try:
@@ -296,6 +308,9 @@ class ServerProtocol:
             return self._error(replies.SYNTAX_NO_ARGS)
         if self.mail is None:
             return self._error(replies.NEED_MAIL)
+        if self._void:
+            self._out += replies.UPSTREAM_LOST
+            return None
         if not self.accepted:
             return self._error(replies.NO_VALID_RECIPIENTS)
         return self._wait(Data())
@@ -368,6 +383,7 @@ class ServerProtocol:
         self.mail = None
         self.mail_params = {}
         self.accepted = 0
+        self._void = False
 
     def _error(self, reply: bytes) -> Event | None:
         self.errors += 1
