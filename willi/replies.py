@@ -54,6 +54,9 @@ NESTED_MAIL = b"503 5.5.1 Error: nested MAIL command\r\n"
 TLS_ALREADY_ACTIVE = b"503 5.5.1 Error: TLS already active\r\n"
 TRANSACTION_IN_PROGRESS = b"503 5.5.1 Error: MAIL transaction in progress\r\n"
 NO_VALID_RECIPIENTS = b"554 5.5.1 Error: no valid recipients\r\n"
+SYNTAX_BDAT = b"501 5.5.4 Syntax: BDAT size [LAST]\r\n"
+BDAT_UNFRAMED = b"501 5.5.4 Syntax: BDAT size [LAST]; the chunk cannot be framed, closing connection\r\n"
+DATA_IN_BDAT = b"503 5.5.1 Error: DATA inside a BDAT transaction\r\n"
 MESSAGE_TOO_BIG = b"552 5.3.4 Message size exceeds fixed limit\r\n"
 BAD_BODY = b"550 5.5.2 Message refused: bare <CR> or <LF> or NUL in message body\r\n"
 NEED_SMTPUTF8 = b"553 5.6.7 Upstream does not support SMTPUTF8\r\n"
@@ -75,6 +78,12 @@ def relay_denied(address: str) -> bytes:
     if len(raw) > room:
         raw = raw[:room].decode("utf-8", "ignore").encode("utf-8")  # no half character
     return template % raw
+
+
+def chunk_received(size: int) -> bytes:
+    """A BDAT chunk taken while translating to DATA (RFC 3030 §2): the
+    message is not yet accepted, only this chunk received."""
+    return b"250 2.0.0 %d octets received\r\n" % size
 
 
 def ehlo(hostname: str, capabilities: list[str]) -> bytes:

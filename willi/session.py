@@ -35,7 +35,7 @@ from willi.workers import PoolFull
 if TYPE_CHECKING:
     from willi.context import Context
 
-BODY_STATES = (State.BODY, State.DRAIN)
+BODY_STATES = (State.BODY, State.DRAIN, State.CHUNK)
 
 
 class Session:
@@ -129,13 +129,15 @@ class Session:
             self._run(e.ClientRcpt(event.address, proto.mail, proto.mail_params, proto.helo, self.client_tls))
         elif isinstance(event, smtp.Data):
             self._run(e.ClientData())
+        elif isinstance(event, smtp.Bdat):
+            self._run(e.ClientBdat(event.size, event.last))
         elif isinstance(event, smtp.Reset):
             self._run(e.ClientReset())
         elif isinstance(event, smtp.StartTLS):
             self._run(e.ClientStartTLS())
         else:  # Quit, Close: the protocol has queued 221 or 421
             self._flush_client()
-            self.close("client quit" if isinstance(event, smtp.Quit) else "too many errors", flush=True)
+            self.close("client quit" if isinstance(event, smtp.Quit) else event.reason, flush=True)
 
     def _run(self, event: e.Event) -> None:
         for command in self.relay.handle(event, self.ctx.reactor.time()):
@@ -155,6 +157,7 @@ class Session:
 
     def _read_body(self, cmd: c.ReadBody) -> None:
         self._flush_client()  # the 354 goes out before any body byte is judged
+        self.proto.start_body()
         start = self.proto.take_body_start()
         if start and not self.closed:
             self._post(e.BodyReceived(start, 0, len(start)))
@@ -325,7 +328,7 @@ class Session:
         """No body byte taken for the data timeout: the relay drops the upstream
         and answers 451 4.4.2 after the client's end of data."""
         self.stall_timer = None
-        if self.closed or self.relay.state is not State.BODY or not self.flow.upstream_full:
+        if self.closed or self.relay.state not in (State.BODY, State.CHUNK) or not self.flow.upstream_full:
             return
         if self.link is not None and self.link.out_size < out_size:
             self._arm_stall_timer()  # slow, but it is reading
@@ -373,7 +376,7 @@ class Session:
         reactor, timeout = self.ctx.reactor, self.ctx.client_timeout
         # While the upstream holds us back we do not read the client: not its idleness.
         waiting_on_us = (self.proto.phase is smtp.Phase.WAITING or self.flow.upstream_full
-                         or self.relay.state is State.FINAL or self.tls_timer is not None)
+                         or self.relay.state in (State.FINAL, State.CHUNK_SENT) or self.tls_timer is not None)
         idle = reactor.time() - self.last_client
         if waiting_on_us or idle < timeout:
             delay = timeout if waiting_on_us else timeout - idle

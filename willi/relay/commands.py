@@ -30,8 +30,9 @@ class Answer(Command):
 
 @dataclass(frozen=True, slots=True)
 class ReadBody(Command):
-    """The 354 is out: client bytes now go to the relay as BodyReceived,
-    starting with what the client pipelined behind DATA."""
+    """The 354 is out, or a BDAT chunk is to be read: client bytes now go to
+    the relay as BodyReceived, starting with what the client pipelined behind
+    the command."""
 
 
 @dataclass(frozen=True, slots=True)

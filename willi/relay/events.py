@@ -57,6 +57,14 @@ class ClientData(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ClientBdat(Event):
+    """BDAT in sequence (RFC 3030): `size` bytes follow; `last` ends the message."""
+
+    size: int
+    last: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ClientReset(Event):
     """RSET, or EHLO/HELO inside a transaction."""
 
@@ -76,7 +84,7 @@ class ClientGone(Event):
 
 @dataclass(frozen=True, slots=True)
 class BodyReceived(Event):
-    """Client bytes while the relay reads a body: buf[start:stop], valid only
+    """Client bytes while the relay reads a body or a BDAT chunk: buf[start:stop], valid only
     during the call (it may be the reactor's shared receive buffer)."""
 
     buf: Any  # bytes | bytearray
