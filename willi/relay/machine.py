@@ -109,6 +109,7 @@ class Relay:
         self._remaining = 0  # bytes of the current chunk still to read
         self._last = False  # the current chunk is the LAST
         self._early: e.Event | None = None  # the chunk's upstream reply, come before its last byte
+        self._this = 0  # the size of the current chunk
         self._last_pending = False  # LAST went up as "BDAT n" + "BDAT 0 LAST": the first reply is in
         self._out: list[c.Command] = []
         self._now = 0.0
@@ -440,6 +441,7 @@ class Relay:
         txn, link = self.txn, self.link
         assert txn is not None
         self._remaining, self._last, self._early = event.size, event.last, None
+        self._this = event.size
         if self._chunk is None:  # the first chunk of the transaction
             txn.chunking = True
             self._failure = None
@@ -521,7 +523,7 @@ class Relay:
                 self._chunk_answer(replies.chunk_received(self._chunk.size), WILLI, accepted=True)
         else:
             self.state = State.CHUNK_SENT
-            if self._last and self._chunk.size and not self._last_pending:
+            if self._last and self._this and not self._last_pending:
                 self._last_pending = True  # the chunk's reply, then the message's
                 self._do(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
             early, self._early = self._early, None
