@@ -41,6 +41,8 @@ system-venv:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
 	  $(SUDO) apt-get update -q && $(SUDO) $(APT) install python3-venv python3-pip; }
 
+# exim4-daemon-light conflicts with postfix, so it is never installed:
+# tests/support/exim.py fetches it (apt-get download) and unpacks it (dpkg -x).
 system-test-deps:
 	@missing=""; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \
