@@ -59,3 +59,26 @@ def test_the_reply_checker_refuses_what_it_must() -> None:
                 b"250 " + b"x" * 600 + b"\r\n", b"250 a\rb\r\n"):
         assert reply_problems(bad, True), bad
     assert reply_problems(b"220 cut off", False) == []  # a reset may cut the last reply
+
+
+def test_the_upstream_checks_flag_what_must_never_reach_an_upstream() -> None:
+    from tests.support.fuzz import FuzzUpstream
+    from tests.support.upstream import Session
+
+    upstream = FuzzUpstream()  # not started: its checks are called directly
+    session = Session(1, None, ("127.0.0.1", 1))  # type: ignore[arg-type]
+    for line in (b"MAIL FROM:<a@b>\r\n", b"RCPT TO:<a@b>\n", b"RCPT TO:<a\rb>\r\n", b"FROB\r\n",
+                 b"RCPT TO:<" + b"a" * 600 + b">\r\n", b"mail from:<a@b>\r\n"):
+        upstream._check_command(session, line)
+    assert len(upstream.violations) == 5  # all but the first
+    upstream.violations.clear()
+    upstream._check_body(session, b"hello\r\n", complete=True)
+    assert upstream.violations == []
+    for raw, complete in ((b"a\n.\nb\r\n", True), (b"a\rb\r\n", True), (b"a\x00\r\n", True),
+                          (b"a\nb", False), (b"a\r\n.\r", False), (b"a\r", False)):
+        upstream._check_body(session, raw, complete=complete)
+    kinds = [(v.kind, v.known is not None) for v in upstream.violations]
+    assert kinds == [("smuggled end of data upstream", False), ("bare CR/LF/NUL in a complete body", False),
+                     ("bare CR/LF/NUL in a complete body", False),
+                     ("bare LF or NUL reached the upstream in a body", False),
+                     ("smuggled end of data upstream", True), ("bare CR reached the upstream in a body", True)]
