@@ -27,6 +27,17 @@ With `record_deadline` off, the old idle timeout: any byte re-arms it.
 Sans-IO: the caller passes `now` (the reactor's clock) to every call and
 arms its own timer at `due(now)`; nothing here touches a socket, a thread
 or a log. `Stress` is the shared judgement of "near the connection limit".
+
+How a session uses it (the hook lives in session.py): build one
+`ClientDeadline(settings, stressed, now)` where the client timer is armed
+today; call `line_completed` when the protocol read at least one command
+line from a feed, `command_bytes` for a feed that completed none,
+`body_started` / `body_bytes` / `body_ended` around the streamed body,
+`hold` / `release` around its own waits (an event awaiting the router or the
+upstream, the upstream's back-pressure); when the timer fires, close with
+421 4.4.2 if `expired(now)` gives a reason, else re-arm it at
+min(due(now), now + stress_timeout), so that stress is noticed within the
+stress timeout. The STARTTLS timer uses `handshake_timeout(stressed())`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support.fuzz import Campaign  # noqa: E402
+from tests.support.fuzz import Campaign, Report  # noqa: E402
+
+
+_last = [0.0]
+
+
+def _progress(report: Report) -> None:
+    if report.seconds - _last[0] >= 30:
+        _last[0] = report.seconds
+        print(f"fuzz: {report.inputs} inputs, {report.seconds:.0f} s, {len(report.violations)} violations "
+              f"so far ({len(report.unknown())} unknown)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
           f"at most {args.seconds:.0f} s", flush=True)
     with tempfile.TemporaryDirectory(prefix="willi-fuzz-") as tmp:
         with Campaign(Path(tmp), args.seed, parallel=args.parallel) as campaign:
-            report = campaign.run(args.inputs, args.seconds, first=args.first)
+            report = campaign.run(args.inputs, args.seconds, first=args.first, progress=_progress)
     for violation in report.violations[: args.show]:
         print(f"\n- {violation}")
     if len(report.violations) > args.show:

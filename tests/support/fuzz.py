@@ -37,12 +37,13 @@ import re
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .certs import make_pki
 from .net import free_port
@@ -545,13 +546,15 @@ class Campaign:
         self.willi.start()
         self._stderr_seen = self._stdout_seen = 0
 
-    def run(self, inputs: int, time_limit: float, first: int = 0) -> Report:
-        """Play inputs first .. first+inputs-1 (fewer if time runs out)."""
+    def run(self, inputs: int, time_limit: float, first: int = 0,
+            progress: Callable[[Report], None] | None = None) -> Report:
+        """Play inputs first .. first+inputs-1 (fewer if time runs out);
+        `progress` is called with the report so far after each batch."""
         report = Report()
         started = time.monotonic()
         by_marker: dict[str, FuzzInput] = {}
         seen_ids: dict[int, int] = {}
-        batch_size = self.parallel * 8
+        batch_size = self.parallel * 4
         with ThreadPoolExecutor(self.parallel) as pool:
             for start in range(first, first + inputs, batch_size):
                 if time.monotonic() - started > time_limit:
@@ -559,10 +562,14 @@ class Campaign:
                 batch = [generate(self.seed, i) for i in range(start, min(start + batch_size, first + inputs))]
                 by_marker.update((f.marker, f) for f in batch)
                 outcomes = list(pool.map(self._play, batch))
+                report.inputs += len(batch)
+                if self._check_process(batch, report):
+                    continue  # what its clients saw is the death's consequence, not a finding of its own
                 for fuzz, outcome in zip(batch, outcomes):
                     self._check_client(fuzz, outcome, seen_ids, report)
-                report.inputs += len(batch)
-                self._check_process(batch, report)
+                if progress is not None:
+                    report.seconds = time.monotonic() - started
+                    progress(report)
         report.seconds = time.monotonic() - started
         self._check_upstreams(by_marker, seen_ids, report)
         return report
@@ -595,21 +602,32 @@ class Campaign:
         self._stdout_seen, self._stderr_seen = len(out), len(err)
         return new
 
-    def _check_process(self, batch: list[FuzzInput], report: Report) -> None:
+    def _check_process(self, batch: list[FuzzInput], report: Report) -> bool:
+        """Record a death or a traceback of Willi during the batch; after a
+        death start a fresh Willi. True when Willi died."""
         assert self.willi is not None and self.willi.process is not None
-        died = self.willi.process.poll() is not None
+        process = self.willi.process
         out, err = self._new_output()
-        ids = [f.index for f in batch]
+        if "Traceback" in err:
+            try:
+                process.wait(5.0)  # an escaped exception: the process is on its way out
+            except subprocess.TimeoutExpired:
+                pass
+        died = process.poll() is not None
         if died or "Traceback" in err or "Traceback" in out or "session_fault" in out:
-            text = err[-3000:] if "Traceback" in err else out[-3000:]
+            whole = self.willi.stderr() if died else err
+            text = whole[-3000:] if "Traceback" in whole else out[-3000:]
             known = KNOWN_ITEM_1 if "_body_chunk" in text and "AttributeError" in text else None
-            what = "Willi died" if died else "Willi logged a traceback"
-            report.violations.append(Violation(what, f"seed {self.seed}, one of the batch; output tail:\n{text}",
-                                               ids, known))
+            what = f"Willi died (exit {process.returncode})" if died else "Willi logged a traceback"
+            suspects = [f.index for f in batch if f.ending != "eof"]
+            report.violations.append(Violation(
+                what, f"seed {self.seed}, inputs of one batch (suspects, not ending in EOF: {suspects}); "
+                f"output tail:\n{text}", [f.index for f in batch], known))
         if died:
             report.restarts += 1
             self.willi.stop()
             self._start_willi()
+        return died
 
     def _check_upstreams(self, by_marker: dict[str, FuzzInput], seen: dict[int, int], report: Report) -> None:
         for upstream in self.upstreams:
