@@ -370,6 +370,7 @@ class Outcome:
     received: bytes
     clean_eof: bool
     problems: list[str]
+    seconds: float = 0.0
 
 
 def _exchange(sock: socket.socket, data: bytes, received: bytearray, deadline: float) -> bool:
@@ -456,7 +457,7 @@ def play(fuzz: FuzzInput, host: str, port: int, timeout: float = 20.0) -> Outcom
         else:
             sock.close()
     problems += reply_problems(bytes(received), clean)
-    return Outcome(bytes(received), clean, problems)
+    return Outcome(bytes(received), clean, problems, time.monotonic() - deadline + timeout)
 
 
 def reply_problems(data: bytes, clean_eof: bool) -> list[str]:
@@ -489,6 +490,7 @@ class Report:
     restarts: int = 0
     refused: int = 0
     violations: list[Violation] = field(default_factory=list)
+    slowest: list[tuple[float, int]] = field(default_factory=list)  # (seconds, input), the 5 slowest
 
     def unknown(self) -> list[Violation]:
         return [v for v in self.violations if v.known is None]
@@ -499,7 +501,7 @@ class Report:
     def summary(self) -> str:
         return (f"{self.inputs} inputs in {self.seconds:.1f} s, {len(self.violations)} violations "
                 f"({len(self.known())} of known bugs), {self.restarts} restarts of Willi, "
-                f"{self.refused} connections refused at the greeting")
+                f"{self.refused} connections refused at the greeting; slowest inputs (s, index): {self.slowest}")
 
 
 class Campaign:
@@ -525,7 +527,7 @@ class Campaign:
             "WILLI_LISTEN": f"127.0.0.1:{free_port()}", "WILLI_HOSTNAME": "willi.test",
             "WILLI_MAPPING_1": f"csv:{table}", "WILLI_TLS_CERT": str(pki.willi_cert),
             "WILLI_TLS_KEY": str(pki.willi_key), "WILLI_MAX_MESSAGE_SIZE": "256KiB", "WILLI_MAX_RECIPIENTS": "4",
-            "WILLI_CLIENT_TIMEOUT": "10s", "WILLI_TLS_HANDSHAKE_TIMEOUT": "5s",
+            "WILLI_CLIENT_TIMEOUT": "4s", "WILLI_TLS_HANDSHAKE_TIMEOUT": "2s",
             "WILLI_UPSTREAM_CONNECT_TIMEOUT": "3s", "WILLI_UPSTREAM_COMMAND_TIMEOUT": "5s",
             "WILLI_UPSTREAM_DATA_TIMEOUT": "8s", "WILLI_SHUTDOWN_TIMEOUT": "2s", "WILLI_LOG_LEVEL": "warning",
             **self.extra_env,
@@ -587,6 +589,7 @@ class Campaign:
             return
         if outcome.received.startswith(b"421 4.7.0"):
             report.refused += 1
+        report.slowest = sorted([*report.slowest, (round(outcome.seconds, 2), fuzz.index)], reverse=True)[:5]
         for problem in outcome.problems:
             report.violations.append(Violation("client side", f"{problem}; {fuzz.describe()}", [fuzz.index]))
         for queued in _QUEUED.finditer(outcome.received):
