@@ -249,3 +249,32 @@ def test_the_deadline_module_is_sans_io() -> None:
     names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert names <= {"__future__", "math", "dataclasses", "typing"}, names
+
+
+# --- the keys ------------------------------------------------------------------------------
+def _load(**keys: str):
+    from willi.config import load_config
+
+    return load_config(None, {"WILLI_HOSTNAME": "mx.example.org", "WILLI_MAPPING_1": "static:mx.example.org",
+                              **keys})
+
+
+def test_the_deadline_keys_default_to_postfixs_values_and_parse() -> None:
+    config = _load()
+    assert (config.client_record_deadline, config.stress_client_timeout, config.stress_threshold,
+            config.min_data_rate) == (True, 10.0, 80, 500)
+    config = _load(WILLI_CLIENT_RECORD_DEADLINE="off", WILLI_STRESS_CLIENT_TIMEOUT="5s",
+                   WILLI_STRESS_THRESHOLD="95", WILLI_MIN_DATA_RATE="0")
+    assert (config.client_record_deadline, config.stress_client_timeout, config.stress_threshold,
+            config.min_data_rate) == (False, 5.0, 95, 0)
+
+
+@pytest.mark.parametrize("key, value", [("WILLI_STRESS_THRESHOLD", "0"), ("WILLI_STRESS_THRESHOLD", "101"),
+                                        ("WILLI_STRESS_CLIENT_TIMEOUT", "0"), ("WILLI_MIN_DATA_RATE", "fast"),
+                                        ("WILLI_CLIENT_RECORD_DEADLINE", "sometimes")])
+def test_a_bad_deadline_key_stops_the_start_naming_it(key: str, value: str) -> None:
+    from willi.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        _load(**{key: value})
+    assert caught.value.key == key
