@@ -30,8 +30,9 @@ or a log. `Stress` is the shared judgement of "near the connection limit".
 
 How a session uses it (the hook lives in session.py): build one
 `ClientDeadline(settings, stressed, now)` where the client timer is armed
-today; call `line_completed` when the protocol read at least one command
-line from a feed, `command_bytes` for a feed that completed none,
+today; after each feed of the command phase call `fed(lines_read, now)`
+with the protocol's count of complete lines (or `line_completed` /
+`command_bytes` directly),
 `body_started` / `body_bytes` / `body_ended` around the streamed body,
 `hold` / `release` around its own waits (an event awaiting the router or the
 upstream, the upstream's back-pressure); when the timer fires, close with
@@ -86,7 +87,7 @@ DATA_RATE = "body below the minimum data rate"
 class ClientDeadline:
     """One session's client deadline; see the module docstring for the rules."""
 
-    __slots__ = ("settings", "_stressed", "_deadline", "_stress_deadline", "_held", "_body")
+    __slots__ = ("settings", "_stressed", "_deadline", "_stress_deadline", "_held", "_body", "_lines")
 
     def __init__(self, settings: DeadlineSettings, stressed: Callable[[], bool], now: float) -> None:
         self.settings = settings
@@ -97,6 +98,7 @@ class ClientDeadline:
         # already running to exactly what it would have been under stress.
         self._deadline = 0.0
         self._stress_deadline = 0.0
+        self._lines = 0
         self.record_started(now)
 
     # --- what the session reports ------------------------------------------------
@@ -114,6 +116,17 @@ class ClientDeadline:
         """Bytes arrived that did not complete a line. Per record: no effect."""
         if not self.settings.record_deadline:
             self._arm(now)
+
+    def fed(self, lines_read: int, now: float) -> None:
+        """After a feed in the command phase, with the protocol's running count
+        of complete (LF-ended) lines: line_completed if it moved, else
+        command_bytes. The count must not move for the bytes skipped of an
+        over-long line, or a line without end would re-arm the deadline."""
+        if lines_read != self._lines:
+            self._lines = lines_read
+            self.line_completed(now)
+        else:
+            self.command_bytes(now)
 
     def body_started(self, now: float) -> None:
         """The 354 went out: the body has `timeout` seconds in hand."""

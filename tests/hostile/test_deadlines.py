@@ -278,3 +278,13 @@ def test_a_bad_deadline_key_stops_the_start_naming_it(key: str, value: str) -> N
     with pytest.raises(ConfigError) as caught:
         _load(**{key: value})
     assert caught.value.key == key
+
+
+def test_fed_rearms_only_when_the_line_count_moved() -> None:
+    d = deadline(at=0.0)
+    d.fed(0, 100.0)  # a partial line
+    assert d.due(100.0) == T
+    d.fed(1, 200.0)  # it completed
+    assert d.due(200.0) == 200.0 + T
+    d.fed(1, 290.0)  # the bytes of an over-long line being skipped: the count stays
+    assert d.due(290.0) == 200.0 + T
