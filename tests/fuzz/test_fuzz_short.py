@@ -17,7 +17,8 @@ from tests.support.fuzz import KNOWN_ITEM_1, KNOWN_ITEM_2, Campaign, Report, gen
 
 SEED = 9
 INPUTS = 300
-TIME_LIMIT = 40.0
+TIME_LIMIT = 45.0  # seconds; a loaded machine plays fewer inputs, never fewer than MINIMUM
+MINIMUM = 100
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Report]:
 
 
 def test_a_short_run_breaks_no_invariant(report: Report) -> None:
-    assert report.inputs >= INPUTS // 2, report.summary()
+    assert report.inputs >= MINIMUM, report.summary()
     assert report.unknown() == [], "\n\n".join(map(str, report.unknown()[:5])) + "\n" + report.summary()
 
 
