@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench dist clean system-venv system-test-deps
+.PHONY: run test bench dist clean system-venv system-test-deps fuzz
 
 run: $(VENV)/.deps
 	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
@@ -18,6 +18,14 @@ run: $(VENV)/.deps
 
 test: $(VENV)/.test-deps system-test-deps
 	$(PY) -m pytest -q
+
+# make fuzz: the long fuzz run against a live Willi (issue 9), bounded in count
+# and time; FUZZ_SEED repeats a run, FUZZ_PARALLEL sets the connections.
+FUZZ_INPUTS  ?= 50000
+FUZZ_SECONDS ?= 3600
+fuzz: $(VENV)/.test-deps
+	FUZZ_INPUTS=$(FUZZ_INPUTS) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) FUZZ_PARALLEL=$(FUZZ_PARALLEL) \
+	  $(PY) tests/fuzz/run_fuzz.py
 
 # make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
 # 8 minutes; rewrites BENCHMARKS.md). Quick: BENCH_SCALE=0.05 make bench.
