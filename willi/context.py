@@ -12,6 +12,7 @@ import ssl
 import traceback
 from typing import Any, Callable
 
+from willi.deadlines import DeadlineSettings, Stress
 from willi import dns, replies, tls
 from willi.config import Config
 from willi.log import Logger
@@ -115,6 +116,12 @@ class Context:
         self.data_timeout = config.upstream_data_timeout
         self.lookup_timeout = config.lookup_timeout
         self.tls_handshake_timeout = config.tls_handshake_timeout
+        self.deadline_settings = DeadlineSettings(
+            timeout=config.client_timeout, record_deadline=config.client_record_deadline,
+            stress_timeout=config.stress_client_timeout, min_data_rate=config.min_data_rate,
+            tls_handshake_timeout=config.tls_handshake_timeout)
+        self.stress = Stress(config.max_connections, config.stress_threshold)
+        self.open_sessions = 0
         self.split_recipients = config.split_recipients
         self.strict_body = config.bare_lf == "reject"
         self.draining = False
@@ -140,7 +147,11 @@ class Context:
         if config.tls_cert and config.tls_key:
             self._server_tls = tls.server_context(config.tls_cert, config.tls_key)
 
+    def stressed(self) -> bool:
+        return self.stress(self.open_sessions)
+
     def session_closed(self, session: Any) -> None:
+        self.open_sessions -= 1
         self.on_session_closed(session)
 
     def log_transaction(self, **fields: Any) -> None:

@@ -16,6 +16,7 @@ import collections
 from typing import TYPE_CHECKING, Any, Callable
 
 from willi import replies
+from willi.deadlines import ClientDeadline
 from willi.connection import Connection
 from willi.context import format_traceback
 from willi.errors import MappingError
@@ -61,18 +62,24 @@ class Session:
         self._pumping = False
         self.client = Connection.accepted(ctx.reactor, sock, self)
         self.flow = Flow(self.client)
-        self.client_timer = ctx.reactor.call_later(ctx.client_timeout, self._client_timer_fired, owner=self)
+        ctx.open_sessions += 1
+        self.deadline = ClientDeadline(ctx.deadline_settings, ctx.stressed, ctx.reactor.time())
+        self.client_timer = ctx.reactor.call_later(self._deadline_delay(ctx.reactor.time()),
+                                                   self._client_timer_fired, owner=self)
         self.proto.greet()
         self._flush_client()
 
     # --- client connection events ---------------------------------------------
     def on_data(self, conn: Connection, data: memoryview) -> None:
-        self.last_client = self.ctx.reactor.time()
+        now = self.last_client = self.ctx.reactor.time()
         if self.relay.state in BODY_STATES:
+            self.deadline.body_bytes(len(data), now)
             self._post(e.BodyReceived(data.obj, 0, len(data)))
-        else:
-            self.proto.feed(data)
+            self._pump()
+            return
+        self.proto.feed(data)
         self._pump()
+        self.deadline.fed(self.proto.lines_read, now)
 
     def on_eof(self, conn: Connection) -> None:
         """A read EOF is not a lost connection: what was received is worked
@@ -158,12 +165,14 @@ class Session:
     def _read_body(self, cmd: c.ReadBody) -> None:
         self._flush_client()  # the 354 goes out before any body byte is judged
         self.proto.start_body()
+        self.deadline.body_started(self.ctx.reactor.time())
         start = self.proto.take_body_start()
         if start and not self.closed:
             self._post(e.BodyReceived(start, 0, len(start)))
 
     def _body_done(self, cmd: c.BodyDone) -> None:
         self._cancel_stall_timer()
+        self.deadline.body_ended(self.ctx.reactor.time())
         self.proto.body_done(cmd.reply)
 
     def _feed_client(self, cmd: c.FeedClient) -> None:
@@ -345,7 +354,7 @@ class Session:
             return
         engine = TLSEngine(context, server_side=True)
         # No phase outlives the client idle timeout without a byte moving (SPEC §2).
-        timeout = min(self.ctx.tls_handshake_timeout, self.ctx.client_timeout)
+        timeout = self.ctx.deadline_settings.handshake_timeout(self.ctx.stressed())
         self.tls_timer = self.ctx.reactor.call_later(timeout, self._tls_timed_out, owner=self)
         self.client.start_tls(engine, lambda exc: self._tls_done(engine, exc))
 
@@ -373,16 +382,24 @@ class Session:
     def _client_timer_fired(self) -> None:
         if self.closed:
             return
-        reactor, timeout = self.ctx.reactor, self.ctx.client_timeout
+        reactor = self.ctx.reactor
+        now = reactor.time()
         # While the upstream holds us back we do not read the client: not its idleness.
         waiting_on_us = (self.proto.phase is smtp.Phase.WAITING or self.flow.upstream_full
                          or self.relay.state in (State.FINAL, State.CHUNK_SENT) or self.tls_timer is not None)
-        idle = reactor.time() - self.last_client
-        if waiting_on_us or idle < timeout:
-            delay = timeout if waiting_on_us else timeout - idle
-            self.client_timer = reactor.call_later(delay, self._client_timer_fired, owner=self)
+        if waiting_on_us:
+            self.deadline.record_started(now)
+        why = None if waiting_on_us else self.deadline.expired(now)
+        if why is None:
+            self.client_timer = reactor.call_later(self._deadline_delay(now), self._client_timer_fired, owner=self)
             return
-        self._say_goodbye(replies.CLIENT_TIMEOUT, "client timeout")
+        self._say_goodbye(replies.CLIENT_TIMEOUT, why)
+
+    def _deadline_delay(self, now: float) -> float:
+        """Until the deadline, but at most the stress timeout: stress that
+        starts meanwhile is noticed in time."""
+        due = min(self.deadline.due(now), now + self.ctx.deadline_settings.stress_timeout)
+        return max(due - now, 0.0)
 
     def _next_token(self) -> int:
         self.token += 1

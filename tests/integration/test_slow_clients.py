@@ -17,7 +17,6 @@ import pytest
 
 from tests.support.net import SmtpRawClient
 
-HOOK = pytest.mark.xfail(reason="needs the session hook of willi/deadlines.py (issue 9 item 3)", strict=False)
 
 
 def trickle_until_closed(client: SmtpRawClient, data: bytes, every: float, limit: float) -> float:
@@ -41,7 +40,6 @@ def trickle_until_closed(client: SmtpRawClient, data: bytes, every: float, limit
     return time.monotonic() - started
 
 
-@HOOK
 def test_a_byte_every_half_second_does_not_extend_the_command_deadline(launch):
     upstream = launch.upstream()
     willi = launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}", "WILLI_CLIENT_TIMEOUT": "2s"})
@@ -51,7 +49,6 @@ def test_a_byte_every_half_second_does_not_extend_the_command_deadline(launch):
     assert held < 4.0, f"a slowloris held its connection {held:.1f} s with a 2 s client timeout"
 
 
-@HOOK
 def test_near_max_connections_idle_clients_get_the_stress_timeout_until_the_stress_is_over(launch):
     upstream = launch.upstream()
     willi = launch.willi({

@@ -161,6 +161,11 @@ class ServerProtocol:
             self._lines.feed(data)
 
     @property
+    def lines_read(self) -> int:
+        """Complete command lines read so far (ClientDeadline.fed)."""
+        return self._lines.lines
+
+    @property
     def buffered(self) -> int:
         """Unprocessed input: the session stops reading above a limit."""
         return len(self._lines)
