@@ -22,6 +22,7 @@ from willi.reactor import Reactor
 from willi.routing.router import Router, build_mappings
 from willi.session import Session
 from willi.smtp.address import AddressError, parse_path_argument
+from willi.smtp.handshake import Credentials
 from willi.upstream import DialSettings, Dialer
 from willi.workers import WorkerPool
 
@@ -59,10 +60,6 @@ def _not_built_yet(config: Config) -> str | None:
     ignored: a PROXY header or a metrics port silently missing would be worse."""
     if config.proxy_protocol:
         return "WILLI_PROXY_PROTOCOL=on"
-    if config.upstream_proxy_protocol != "off":
-        return f"WILLI_UPSTREAM_PROXY_PROTOCOL={config.upstream_proxy_protocol}"
-    if config.upstream_auth != "off":
-        return f"WILLI_UPSTREAM_AUTH={config.upstream_auth}"
     if config.metrics_listen is not None:
         return "WILLI_METRICS_LISTEN"
     return None
@@ -110,6 +107,19 @@ def lookup(config: Config, logger: Logger, text: str, out: TextIO) -> int:
     print(f"{address}: server={route.server} tls_verify={'true' if route.tls_verify else 'false'} "
           f"mapping={answer.mapping} key={answer.key}", file=out)
     return 0
+
+
+def dial_settings(config: Config) -> DialSettings:
+    """How every session's upstream connections are opened (SPEC §4)."""
+    credentials = None
+    if config.upstream_auth == "plain":
+        credentials = Credentials(config.upstream_auth_user or "", config.upstream_auth_password or "")
+    return DialSettings(
+        hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
+        command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
+        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
+        xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient,
+        proxy_protocol=config.upstream_proxy_protocol, auth=config.upstream_auth, credentials=credentials)
 
 
 # --- serving ----------------------------------------------------------------------
@@ -195,12 +205,7 @@ def _serve_one(config: Config, logger: Logger) -> int:
         return 1
     reactor = Reactor()
     workers = WorkerPool(reactor, config.lookup_threads, config.lookup_queue)
-    dialer = Dialer(reactor, workers, DialSettings(
-        hostname=config.hostname, connect_timeout=config.upstream_connect_timeout,
-        command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
-        starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
-        xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient),
-        contexts.get, logger)
+    dialer = Dialer(reactor, workers, dial_settings(config), contexts.get, logger)
     try:
         ctx = Context(config, reactor, workers, router, dialer, logger)
     except TLSError as exc:

@@ -216,7 +216,11 @@ class Session:
 
     def _dial(self, cmd: c.Dial) -> None:
         token = self._next_token()
-        client = ClientInfo(self.peer[0], self.peer[1], self.proto.helo, self.proto.esmtp)
+        try:
+            local = self.client.sock.getsockname()[:2]  # a PROXY header's destination
+        except OSError:
+            local = (None, 0)
+        client = ClientInfo(self.peer[0], self.peer[1], self.proto.helo, self.proto.esmtp, local[0], local[1])
 
         def done(link: UpstreamLink | None, why: str) -> None:
             self.dialing = None
@@ -268,7 +272,7 @@ class Session:
         self.flow.resume(UPSTREAM_FULL)
         if link is None:
             return
-        link.on_idle_lost = link.on_pause = link.on_resume = None
+        link.detach()
         if link.conn is not None:
             link.conn.guardian = None
         if cmd.abort:
@@ -292,11 +296,9 @@ class Session:
         self.link = link
         if link.conn is not None:
             link.conn.guardian = self  # a fault on the upstream side ends this session
-        link.on_idle_lost = self._link_lost
-        link.on_pause = self._upstream_full
-        link.on_resume = self._upstream_drained
+        link.attach(self)
 
-    def _link_lost(self, link: UpstreamLink, exc: Any) -> None:
+    def on_link_lost(self, link: UpstreamLink, exc: Any) -> None:
         """The upstream went away while no reply was awaited."""
         if link is not self.link or self.closed:
             return
@@ -310,13 +312,13 @@ class Session:
         """XCLIENT's NAME for this client (cached across sessions)."""
         self.ctx.reverse_names.lookup(self.peer[0], callback)
 
-    def _upstream_full(self) -> None:
+    def on_link_pause(self, link: UpstreamLink) -> None:
         """The upstream is behind: stop reading the client, and give the
         upstream WILLI_UPSTREAM_DATA_TIMEOUT at a time to take some bytes."""
         self.flow.pause(UPSTREAM_FULL)
         self._arm_stall_timer()
 
-    def _upstream_drained(self) -> None:
+    def on_link_resume(self, link: UpstreamLink) -> None:
         self._cancel_stall_timer()
         if self.flow.upstream_full:
             self.last_client = self.ctx.reactor.time()  # the client was not idle: we did not read it

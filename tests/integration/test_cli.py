@@ -270,7 +270,6 @@ def test_a_real_environment_variable_overrides_a_mapping_of_the_env_file(
     "key, value",
     [
         ("WILLI_PROXY_PROTOCOL", "on"),
-        ("WILLI_UPSTREAM_PROXY_PROTOCOL", "v2"),
         ("WILLI_METRICS_LISTEN", "127.0.0.1:9125"),
     ],
 )

@@ -177,7 +177,8 @@ def test_xclient_carries_every_offered_attribute_xtext_encoded_then_ehlo_again(w
         "EHLO", *["XCLIENT"] * xclients, "EHLO", "MAIL", "RCPT", "DATA", ".",
     ]
     assert message.xclient == attributes  # the upstream took it (2xx) before the transaction
-    assert (message.helo, message.mail_from, message.body) == (b"willi.test", SENDER.encode(), BODY)
+    # The greeting after XCLIENT carries the client's own name, as nginx's mail proxy does.
+    assert (message.helo, message.mail_from, message.body) == (CLIENT_HELO.encode(), SENDER.encode(), BODY)
 
 
 def test_a_helo_client_is_passed_on_as_proto_smtp(willi, start_upstream):
@@ -186,6 +187,11 @@ def test_a_helo_client_is_passed_on_as_proto_smtp(willi, start_upstream):
     assert reply.code == 250, reply
     attributes = xclient_attributes(upstream.xclient_lines)
     assert (attributes["PROTO"], attributes["HELO"]) == (b"SMTP", CLIENT_HELO_XTEXT)
+    # and the greeting after XCLIENT keeps PROTO true: HELO with the client's name
+    verbs = first_session_verbs(upstream)
+    assert verbs[verbs.index("XCLIENT") + 1] == "HELO"
+    (message,) = upstream.wait_for_messages(1)
+    assert message.helo == CLIENT_HELO.encode()
 
 
 def test_an_ipv6_client_is_passed_on_with_the_ipv6_prefix(willi, start_upstream):
@@ -253,11 +259,12 @@ def test_mail_through_postfix_smtp_sink_carries_xclient_and_is_delivered(willi, 
         )
     assert message.content_crlf == BODY
     assert (message.mail_args, message.rcpt_args) == (f"<{SENDER}>", ["<user@sink.test>"])
-    # smtp-sink offers "XCLIENT NAME HELO": just those two, then EHLO again.
+    # smtp-sink offers "XCLIENT NAME HELO": just those two, then EHLO again
+    # with the client's own name.
     assert conversation[:4] == [
         b"EHLO willi.test",
         b"XCLIENT HELO=%s NAME=%s" % (CLIENT_HELO_XTEXT, expected_name("127.0.0.1")),
-        b"EHLO willi.test",
+        b"EHLO %s" % CLIENT_HELO.encode(),
         b"MAIL FROM:<%s>" % SENDER.encode(),
     ]
 
@@ -300,6 +307,19 @@ def test_xclient_required_and_not_offered_fails_at_rcpt_and_delivers_nothing(req
     assert upstream.messages == []
     required_willi.wait_for_log(
         lambda r: r.get("event") == "upstream_failed" and "XCLIENT required" in r.get("error", "")
+    )
+
+
+def test_xclient_required_fails_an_upstream_whose_xclient_cannot_take_addr(required_willi, start_upstream):
+    # What smtp-sink offers: the name and HELO, not the address. Required
+    # means the address is forwarded, so this target is not good enough.
+    upstream = start_upstream(capabilities=[*DEFAULT_CAPABILITIES, "XCLIENT NAME HELO"])
+    reply, _ = send_message(required_willi)
+    assert (reply.code, enhanced(reply)) == (451, b"4.4.1"), reply
+    upstream.wait_for_sessions_ended(1)
+    assert first_session_verbs(upstream) == ["EHLO"]
+    required_willi.wait_for_log(
+        lambda r: r.get("event") == "upstream_failed" and "does not take ADDR" in r.get("error", "")
     )
 
 

@@ -5,21 +5,26 @@ one, else starts a `DialAttempt`, which tries the route's targets in order
 until one greets and finishes the handshake: host names are resolved in the
 worker pool (resolver.py), a target that failed is skipped for
 WILLI_UPSTREAM_RETRY_AFTER while another of its list is untried (health.py),
-and the sans-IO handshake dialogue of willi.smtp.upstream is driven over the
+and the sans-IO handshake of willi.smtp.handshake is driven over the
 link.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from willi.connection import Connection
-from willi.errors import TLSError, UpstreamError, WilliError
+from willi import proxy_protocol
+from willi.errors import TLSError, UpstreamError
 from willi.reactor import Reactor, Timer
 from willi.routing import Route
-from willi.smtp import upstream as dialogue
+from willi.smtp import handshake as hs
+from willi.smtp.reply import Reply
+from willi.smtp.upstream import ClientInfo
 from willi.targets import Target, parse_targets
 from willi.upstream.health import TargetHealth
 from willi.upstream.link import UpstreamLink
@@ -37,6 +42,21 @@ class DialSettings:
     starttls: str = "if-client"
     xclient: str = "auto"
     pool_idle: float = 5.0  # seconds an idle link is kept for the next session; 0: never
+    proxy_protocol: str = "off"  # off | v1 | v2: a PROXY header first on every connection
+    auth: str = "off"  # off | plain | external
+    credentials: hs.Credentials | None = None  # for plain; its repr hides the password
+
+
+def proxy_header(version: str, client: ClientInfo) -> bytes:
+    """The PROXY header naming the client and the address it connected to
+    (HAProxy's proxy-protocol.txt); b"" when none is configured."""
+    if version == "off":
+        return b""
+    local = client.local_addr
+    if local is None:  # not known: the unspecified address of the client's family
+        local = "::" if ipaddress.ip_address(client.addr).version == 6 else "0.0.0.0"
+    encode = proxy_protocol.encode_v2 if version == "v2" else proxy_protocol.encode_v1
+    return encode((client.addr, client.port), (local, client.local_port))
 
 
 class Dialer:
@@ -53,18 +73,33 @@ class Dialer:
         self.resolver = Resolver(reactor, workers)
         self.pool = LinkPool(reactor, settings.pool_idle)
 
-    def dial(self, route: Route, client: dialogue.ClientInfo, client_tls: bool,
+    @property
+    def credentials(self) -> Hashable:
+        """What a link's login is compared by in the pool."""
+        settings = self.settings
+        return None if settings.auth == "off" else (settings.auth, settings.credentials)
+
+    def handshake_settings(self, target: Target, client: ClientInfo, client_tls: bool) -> hs.HandshakeSettings:
+        settings = self.settings
+        return hs.HandshakeSettings(
+            hostname=settings.hostname, lmtp=target.is_lmtp, starttls=settings.starttls,
+            client_tls=client_tls, tls_active=target.implicit_tls, xclient=settings.xclient,
+            proxy_header=proxy_header(settings.proxy_protocol, client), auth=settings.auth,
+            credentials=settings.credentials)
+
+    def dial(self, route: Route, client: ClientInfo, client_tls: bool,
              reverse_name: Callable[[Callable[[str], None]], None],
              done: Callable[[UpstreamLink | None, str], None]) -> "DialAttempt | _FromPool":
         """A parked idle link for the route when there is one, else a new one."""
-        link = self.pool.take(route, client_tls)
+        link = self.pool.take(route, client_tls, self.credentials)
         if link is not None:
             link.reused = True
             return _FromPool(self.reactor, link, done)
         return DialAttempt(self, route, client, client_tls, reverse_name, done)
 
     def release(self, link: UpstreamLink, client_tls: bool) -> None:
-        """A session is done with an idle link: park it, or QUIT it."""
+        """A session is done with a link outside a transaction: park it, or QUIT it."""
+        link.detach()
         if not self.pool.park(link, client_tls):
             link.quit()
 
@@ -96,10 +131,10 @@ class DialAttempt:
     """Tries the targets of one route in turn; `done(link, "")` or `done(None, why)`."""
 
     __slots__ = ("dialer", "route", "client", "client_tls", "reverse_name", "done",
-                 "_targets", "_addresses", "_target", "_link", "_dialogue", "_timer",
+                 "_targets", "_addresses", "_target", "_link", "_handshake", "_timer",
                  "cancelled", "errors")
 
-    def __init__(self, dialer: Dialer, route: Route, client: dialogue.ClientInfo, client_tls: bool,
+    def __init__(self, dialer: Dialer, route: Route, client: ClientInfo, client_tls: bool,
                  reverse_name: Callable[[Callable[[str], None]], None],
                  done: Callable[[UpstreamLink | None, str], None]) -> None:
         self.dialer = dialer
@@ -111,7 +146,7 @@ class DialAttempt:
         self._addresses: list[tuple[int, Any]] = []
         self._target: Target | None = None
         self._link: UpstreamLink | None = None
-        self._dialogue: dialogue.Dialogue | None = None
+        self._handshake: hs.Handshake | None = None
         self._timer: Timer | None = None
         self.cancelled = False
         self.errors: list[str] = []
@@ -187,49 +222,50 @@ class DialAttempt:
         else:
             self._record_failure()
 
-    # --- the handshake dialogue ---------------------------------------------------
+    # --- the handshake (willi.smtp.handshake), driven over the link -------------
     def _start_dialogue(self) -> None:
-        link = self._link
         target = self._target
-        assert link is not None and target is not None
-        settings = self.dialer.settings
-        self._dialogue = dialogue.handshake(
-            dialogue.HandshakeSettings(
-                hostname=settings.hostname, lmtp=target.is_lmtp, starttls=settings.starttls,
-                client_tls=self.client_tls, tls_active=target.implicit_tls, xclient=settings.xclient),
-            self.client)
-        if target.implicit_tls:
-            self._start_tls()
-        else:
-            self._step(None)
+        assert self._link is not None and target is not None
+        self._handshake = hs.Handshake(self.dialer.handshake_settings(target, self.client, self.client_tls),
+                                       self.client)
+        self._execute(self._handshake.start())
 
-    def _step(self, value: Any) -> None:
-        if self.cancelled:
+    def _feed(self, event: hs.Event, handshake: hs.Handshake | None = None) -> None:
+        """One event for the running handshake; one for a handshake that has
+        ended since (a reverse name that comes late) is dropped."""
+        if self.cancelled or self._handshake is None or self._link is None:
             return
-        assert self._dialogue is not None and self._link is not None
-        try:
-            action = self._dialogue.send(value)
-        except StopIteration as stop:
-            self._greeted(stop.value)
+        if handshake is not None and handshake is not self._handshake:
             return
-        except UpstreamError as exc:
-            self._target_failed(str(exc))
-            return
+        self._execute(self._handshake.handle(event))
+
+    def _execute(self, commands: tuple[hs.Command, ...]) -> None:
         timeout = self.dialer.settings.command_timeout
-        if isinstance(action, bytes):
-            self._link.command(action, self._on_reply, timeout)
-        elif action is dialogue.EXPECT:
-            self._link.expect(self._on_reply, timeout)
-        elif action is dialogue.START_TLS:
-            self._start_tls()
-        elif action is dialogue.NEED_NAME:
-            self.reverse_name(self._step)
+        for command in commands:
+            link = self._link
+            if self.cancelled or link is None:
+                return
+            if isinstance(command, hs.Send):
+                link.command(command.data, self._on_reply, timeout)
+            elif isinstance(command, hs.Expect):
+                link.expect(self._on_reply, timeout)
+            elif isinstance(command, hs.Write):
+                link.write(command.data)
+            elif isinstance(command, hs.StartTLS):
+                self._start_tls()
+            elif isinstance(command, hs.NeedName):
+                handshake = self._handshake
+                self.reverse_name(lambda name: self._feed(hs.NameResolved(name), handshake))
+            elif isinstance(command, hs.Done):
+                self._greeted(command.greeted)
+            else:
+                self._target_failed(str(command.error))
 
-    def _on_reply(self, outcome: Any) -> None:
-        if isinstance(outcome, WilliError):
+    def _on_reply(self, outcome: Reply | UpstreamError) -> None:
+        if isinstance(outcome, UpstreamError):
             self._target_failed(str(outcome))
         else:
-            self._step(outcome)
+            self._feed(outcome)
 
     def _start_tls(self) -> None:
         """Handshake on the link, bounded by the command timeout: an upstream
@@ -260,18 +296,22 @@ class DialAttempt:
         if exc is not None:
             self._target_failed(f"TLS: {exc}")
         else:
-            self._step(None)
+            self._feed(hs.TLSDone())
 
-    def _greeted(self, greeted: dialogue.Greeted) -> None:
+    def _greeted(self, greeted: hs.Greeted) -> None:
         link = self._link
         assert link is not None and self._target is not None
         self._link = None
-        link.capabilities = greeted.capabilities
+        self._handshake = None
+        link.capabilities = dict(greeted.capabilities)
         link.xclient = greeted.xclient
+        link.proxied = greeted.proxied
+        link.credentials = self.dialer.credentials if greeted.authenticated else None
         self.dialer.health.succeeded(self._target)
         self.done(link, "")
 
     def _target_failed(self, reason: str) -> None:
+        self._handshake = None
         self.errors.append(f"{self._target}: {reason}")
         if self._link is not None:
             self._link.abort()

@@ -5,13 +5,19 @@ each command sent (or reply expected) queues a callback, each complete reply
 pops one. A reply with no callback waiting (an upstream talking out of turn),
 a lost connection or a reply that does not come in time fails every waiting
 callback with an UpstreamError and closes the link.
+
+A link has one owner at a time, the session using it or the pool keeping it
+idle: `attach(owner)` and `detach()` hand it over. The owner hears what
+happens when no callback is waiting (`on_link_lost`) and the out-queue's
+water marks (`on_link_pause`, `on_link_resume`). Whether a transaction is
+open is the relay's business, not the link's.
 """
 
 from __future__ import annotations
 
 import collections
 import ssl
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from willi.connection import Connection
 from willi.errors import UpstreamError, UpstreamLost, UpstreamProtocolError, UpstreamTimeout
@@ -25,13 +31,26 @@ Outcome = "Reply | UpstreamError"
 ReplyCallback = Callable[[Any], None]
 
 
+class LinkOwner(Protocol):
+    """Whoever holds a link: a session, or the pool while it is idle."""
+
+    def on_link_lost(self, link: "UpstreamLink", exc: UpstreamError) -> None:
+        """The link failed while no reply was awaited (callbacks hear of it otherwise)."""
+
+    def on_link_pause(self, link: "UpstreamLink") -> None:
+        """The link's out-queue passed its high-water mark: stop feeding it."""
+
+    def on_link_resume(self, link: "UpstreamLink") -> None:
+        """The out-queue drained below the low-water mark."""
+
+
 class UpstreamLink:
     """A connection to one upstream target, speaking SMTP or LMTP."""
 
     __slots__ = (
         "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer", "_deadline",
-        "capabilities", "tls", "tls_verified", "xclient", "in_transaction", "reused",
-        "on_idle_lost", "on_pause", "on_resume", "__weakref__",
+        "capabilities", "tls", "tls_verified", "xclient", "proxied", "credentials", "reused",
+        "owner", "__weakref__",
     )
 
     def __init__(self, reactor: Reactor, route: Route, target: Target) -> None:
@@ -46,13 +65,11 @@ class UpstreamLink:
         self.capabilities: dict[str, str] = {}
         self.tls: str | None = None  # TLS version once encrypted
         self.tls_verified = False
-        self.xclient = False
-        self.in_transaction = False  # MAIL FROM accepted, not yet finished
+        self.xclient = False  # XCLIENT told the upstream who the client is
+        self.proxied = False  # a PROXY header told it
+        self.credentials: object = None  # what AUTH logged in with (compared, never shown)
         self.reused = False  # taken from the pool: it may have died while parked
-        # Set by the session that owns the link.
-        self.on_idle_lost: Callable[[UpstreamLink, UpstreamError], None] | None = None
-        self.on_pause: Callable[[], None] | None = None
-        self.on_resume: Callable[[], None] | None = None
+        self.owner: LinkOwner | None = None
 
     @property
     def lmtp(self) -> bool:
@@ -65,6 +82,22 @@ class UpstreamLink:
     @property
     def busy(self) -> bool:
         return bool(self._waiting)
+
+    @property
+    def personal(self) -> bool:
+        """The upstream was told who the client is (XCLIENT or PROXY header):
+        this link speaks for one client and never for another."""
+        return self.xclient or self.proxied
+
+    # --- ownership ------------------------------------------------------------
+    def attach(self, owner: LinkOwner) -> None:
+        """Hand the link to its one owner; detach() from the previous one first."""
+        if self.owner is not None and self.owner is not owner:
+            raise RuntimeError("upstream link already has an owner")
+        self.owner = owner
+
+    def detach(self) -> None:
+        self.owner = None
 
     # --- commands -----------------------------------------------------------
     def command(self, data: bytes, callback: ReplyCallback, timeout: float) -> None:
@@ -160,12 +193,12 @@ class UpstreamLink:
         self._fail(UpstreamLost(reason))
 
     def on_pause_writing(self, conn: Connection) -> None:
-        if self.on_pause is not None:
-            self.on_pause()
+        if self.owner is not None:
+            self.owner.on_link_pause(self)
 
     def on_resume_writing(self, conn: Connection) -> None:
-        if self.on_resume is not None:
-            self.on_resume()
+        if self.owner is not None:
+            self.owner.on_link_resume(self)
 
     # --- failure ------------------------------------------------------------
     def _arm(self, timeout: float) -> None:
@@ -208,5 +241,5 @@ class UpstreamLink:
         if waiting:
             for callback, _ in waiting:
                 callback(exc)
-        elif self.on_idle_lost is not None:
-            self.on_idle_lost(self, exc)
+        elif self.owner is not None:
+            self.owner.on_link_lost(self, exc)

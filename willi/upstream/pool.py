@@ -2,24 +2,32 @@
 connection cache, `smtp_connection_cache_on_demand`).
 
 Opening an upstream connection costs a TCP handshake, a greeting, EHLO (and
-STARTTLS) before the first MAIL FROM; a busy MX pays that for every inbound
-connection. When a session ends cleanly, its upstream link is parked here for
-a few seconds and handed to the next session whose recipient routes to the
-same upstream. A link that carried XCLIENT is never parked: it speaks for
-one client and must not speak for another. Links are keyed by route and by
-whether the client used TLS, because the `if-client` policy chose the link's
-TLS from that.
+STARTTLS, AUTH) before the first MAIL FROM; a busy MX pays that for every
+inbound connection. When a session is done with its upstream link outside a
+transaction, the link is parked here for a few seconds and handed to the next
+session whose recipient routes to the same upstream.
+
+A link that told the upstream who its client is (XCLIENT or a PROXY header)
+is never parked: it speaks for one client and must not speak for another.
+Links are keyed by route, by whether the client used TLS (the `if-client`
+policy chose the link's TLS from that) and by the credentials AUTH used, so
+a link is only reused for the same login. While parked, the pool is the
+link's owner: a link the upstream closes leaves the pool at once.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Hashable
+from typing import TYPE_CHECKING
 
+from willi.errors import UpstreamError
 from willi.reactor import Reactor, Timer
 from willi.routing import Route
 
 if TYPE_CHECKING:
     from willi.upstream.link import UpstreamLink
+
+Key = tuple[Route, bool, Hashable]
 
 
 class LinkPool:
@@ -29,59 +37,73 @@ class LinkPool:
         self.reactor = reactor
         self.idle = idle
         self.limit = limit
-        self._links: dict[tuple[Route, bool], list[tuple["UpstreamLink", Timer]]] = {}
-        self._count = 0
+        self._links: dict[Key, list[tuple["UpstreamLink", Timer]]] = {}
+        self._keys: dict["UpstreamLink", Key] = {}
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._keys)
 
     def park(self, link: "UpstreamLink", client_tls: bool) -> bool:
-        """Keep an idle link; False when it cannot be kept (the caller QUITs it)."""
-        if (self.idle <= 0 or self._count >= self.limit or link.closed or link.busy
-                or link.in_transaction or link.xclient):
+        """Keep an idle link (the caller has detached it, outside any
+        transaction); False when it cannot be kept (the caller QUITs it)."""
+        if (self.idle <= 0 or len(self._keys) >= self.limit or link.closed or link.busy
+                or link.personal or link.owner is not None):
             return False
-        key = (link.route, client_tls)
-        timer = self.reactor.call_later(self.idle, self._expire, key, link)
-        link.on_idle_lost = lambda lost, exc: self._remove(key, lost, quit=False)
-        link.on_pause = link.on_resume = None
+        key: Key = (link.route, client_tls, link.credentials)
+        timer = self.reactor.call_later(self.idle, self._expire, link)
+        link.attach(self)
         self._links.setdefault(key, []).append((link, timer))
-        self._count += 1
+        self._keys[link] = key
         return True
 
-    def take(self, route: Route, client_tls: bool) -> "UpstreamLink | None":
-        """The most recently parked link for this route, if any."""
-        entries = self._links.get((route, client_tls))
+    def take(self, route: Route, client_tls: bool, credentials: Hashable = None) -> "UpstreamLink | None":
+        """The most recently parked link for this route and login, detached, if any."""
+        key: Key = (route, client_tls, credentials)
+        entries = self._links.get(key)
         while entries:
             link, timer = entries.pop()
-            self._count -= 1
+            del self._keys[link]
             timer.cancel()
             if not entries:
-                del self._links[(route, client_tls)]
+                del self._links[key]
+            link.detach()
             if not link.closed:
-                link.on_idle_lost = None
                 return link
         return None
 
-    def _expire(self, key: tuple[Route, bool], link: "UpstreamLink") -> None:
-        self._remove(key, link, quit=True)
+    # --- the owner of parked links ------------------------------------------------
+    def on_link_lost(self, link: "UpstreamLink", exc: UpstreamError) -> None:
+        self._remove(link)
 
-    def _remove(self, key: tuple[Route, bool], link: Any, quit: bool) -> None:
+    def on_link_pause(self, link: "UpstreamLink") -> None:
+        """Nothing is written to a parked link but its QUIT."""
+
+    def on_link_resume(self, link: "UpstreamLink") -> None:
+        """See on_link_pause."""
+
+    def _expire(self, link: "UpstreamLink") -> None:
+        self._remove(link)
+        link.quit()
+
+    def _remove(self, link: "UpstreamLink") -> None:
+        key = self._keys.pop(link, None)
+        if key is None:
+            return
         entries = self._links.get(key, [])
         for i, (parked, timer) in enumerate(entries):
             if parked is link:
                 del entries[i]
-                self._count -= 1
                 timer.cancel()
-                if not entries:
-                    self._links.pop(key, None)
                 break
-        if quit:
-            link.quit()
+        if not entries:
+            self._links.pop(key, None)
+        link.detach()
 
     def close(self) -> None:
         for entries in list(self._links.values()):
             for link, timer in entries:
                 timer.cancel()
+                link.detach()
                 link.quit()
         self._links.clear()
-        self._count = 0
+        self._keys.clear()
