@@ -41,8 +41,8 @@ from typing import Callable
 from willi import replies
 from willi.errors import NeedsSMTPUTF8, UpstreamError, WilliError
 from willi.records import UPSTREAM, WILLI
-from willi.relay import commands as c
-from willi.relay import events as e
+import willi.relay.commands as c
+import willi.relay.events as e
 from willi.relay.ledger import Ledger
 from willi.smtp.address import Address
 from willi.smtp.bdat import ChunkScanner, DotStuffer
