@@ -2,12 +2,13 @@
 
 All SMTP decisions are made elsewhere, without sockets: the client side by
 `smtp.server.ServerProtocol`, the transaction between client and upstream by
-`relay.Relay` (binding, the 452 split, envelope replay, body verdict, upstream
-loss). This class only carries events to them and does what they ask: route
-(inline when the router answers from memory, else in the worker pool), dial,
-write to either side, hand records to the Observer. Flow control is
-`flow.Flow`; the timers (client idle, TLS handshake, lookup, upstream stall)
-are here because they are the session's.
+`relay.Relay` (binding, the 452 split, envelope replay, body verdict, BDAT,
+upstream loss). This class only carries events to them and does what they
+ask on the client side: answer, read a body, hand records to the Observer,
+STARTTLS; what they ask of routing and the upstream is done by
+`session_upstream.UpstreamSide`. Flow control is `flow.Flow`; the client's
+deadline is `deadlines.ClientDeadline`, its timer and the TLS handshake's are
+here.
 """
 
 from __future__ import annotations
@@ -15,23 +16,18 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING, Any, Callable
 
+import willi.relay.commands as c
+import willi.relay.events as e
 from willi import replies
-from willi.deadlines import ClientDeadline
 from willi.connection import Connection
 from willi.context import format_traceback
-from willi.errors import MappingError
-from willi.flow import CLIENT_FULL, UPSTREAM_FULL, Flow
+from willi.deadlines import ClientDeadline
+from willi.flow import CLIENT_FULL, Flow
 from willi.records import RecipientRecord
 from willi.relay import Relay, State
-from willi.relay import commands as c
-from willi.relay import events as e
-from willi.routing import NOT_CACHED
+from willi.session_upstream import UPSTREAM_EXECUTE, UpstreamSide
 from willi.smtp import server as smtp
-from willi.smtp.reply import Reply
-from willi.smtp.upstream import ClientInfo
 from willi.tls import TLSEngine
-from willi.upstream import UpstreamLink
-from willi.workers import PoolFull
 
 if TYPE_CHECKING:
     from willi.context import Context
@@ -49,19 +45,15 @@ class Session:
         self.proto = smtp.ServerProtocol(ctx.server_settings, ctx.ehlo_plain, ctx.ehlo_tls)
         self.relay = Relay(self.id, peer[0], ctx.server_settings.max_message_size, ctx.strict_body,
                            ctx.split_recipients)
-        self.link: UpstreamLink | None = None
-        self.dialing: Any = None
-        self.token = 0  # a lookup or dial whose token is stale is ignored
         self.closed = False
         self.eof = False  # the client half-closed: finish, reply, then close
         self.client_tls: str | None = None
-        self.last_client = ctx.reactor.time()
         self.tls_timer: Any = None
-        self.stall_timer: Any = None
         self._events: collections.deque[e.Event] = collections.deque()
         self._pumping = False
         self.client = Connection.accepted(ctx.reactor, sock, self)
         self.flow = Flow(self.client)
+        self.up = UpstreamSide(self)
         ctx.open_sessions += 1
         self.deadline = ClientDeadline(ctx.deadline_settings, ctx.stressed, ctx.reactor.time())
         self.client_timer = ctx.reactor.call_later(self._deadline_delay(ctx.reactor.time()),
@@ -71,14 +63,14 @@ class Session:
 
     # --- client connection events ---------------------------------------------
     def on_data(self, conn: Connection, data: memoryview) -> None:
-        now = self.last_client = self.ctx.reactor.time()
+        now = self.ctx.reactor.time()
         if self.relay.state in BODY_STATES:
             self.deadline.body_bytes(len(data), now)
-            self._post(e.BodyReceived(data.obj, 0, len(data)))
-            self._pump()
+            self.post(e.BodyReceived(data.obj, 0, len(data)))
+            self.pump()
             return
         self.proto.feed(data)
-        self._pump()
+        self.pump()
         self.deadline.fed(self.proto.lines_read, now)
 
     def on_eof(self, conn: Connection) -> None:
@@ -88,7 +80,7 @@ class Session:
         if self.relay.state in BODY_STATES:
             self.close("client lost")  # the end of data will never come
             return
-        self._pump()
+        self.pump()
 
     def on_lost(self, conn: Connection, exc: BaseException | None) -> None:
         self.close("client lost" if exc is None else f"client lost: {exc}")
@@ -100,10 +92,10 @@ class Session:
         self.flow.resume(CLIENT_FULL)
 
     # --- the pump: protocol events in, relay commands out ------------------------
-    def _post(self, event: e.Event) -> None:
+    def post(self, event: e.Event) -> None:
         self._events.append(event)
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         """Run relay events and protocol events until both have to wait."""
         if self._pumping or self.closed:
             return
@@ -148,7 +140,11 @@ class Session:
 
     def _run(self, event: e.Event) -> None:
         for command in self.relay.handle(event, self.ctx.reactor.time()):
-            EXECUTE[type(command)](self, command)
+            execute = EXECUTE.get(type(command))
+            if execute is not None:
+                execute(self, command)
+            else:
+                UPSTREAM_EXECUTE[type(command)](self.up, command)
 
     def _flush_client(self) -> None:
         out = self.proto.take_output()
@@ -168,10 +164,10 @@ class Session:
         self.deadline.body_started(self.ctx.reactor.time())
         start = self.proto.take_body_start()
         if start and not self.closed:
-            self._post(e.BodyReceived(start, 0, len(start)))
+            self.post(e.BodyReceived(start, 0, len(start)))
 
     def _body_done(self, cmd: c.BodyDone) -> None:
-        self._cancel_stall_timer()
+        self.up.cancel_stall_timer()
         self.deadline.body_ended(self.ctx.reactor.time())
         self.proto.body_done(cmd.reply)
 
@@ -181,107 +177,6 @@ class Session:
     def _end_client_transaction(self, cmd: c.EndClientTransaction) -> None:
         self.proto.void_transaction()
 
-    def _look_up(self, cmd: c.LookUp) -> None:
-        address, token = cmd.address, self._next_token()
-        try:
-            answer = self.ctx.router.resolve_fast(address)
-        except MappingError as exc:
-            self._post(e.RouteAnswered(None, exc.reply, str(exc)))
-            return
-        if answer is not NOT_CACHED:
-            self._post(e.RouteAnswered(answer.route if answer is not None else None))  # type: ignore[union-attr]
-            return
-        timer = self.ctx.reactor.call_later(self.ctx.lookup_timeout, self._routed, token, None,
-                                            TimeoutError("lookup timed out"), owner=self)
-
-        def done(answer: Any, exc: BaseException | None) -> None:
-            timer.cancel()
-            self._routed(token, answer, exc)
-
-        try:
-            self.ctx.workers.submit(self.ctx.router.resolve, (address,), done)
-        except PoolFull as exc:
-            timer.cancel()
-            self._post(e.RouteAnswered(None, replies.LOOKUP_FAILED, str(exc) or "worker pool full"))
-
-    def _routed(self, token: int, answer: Any, exc: BaseException | None) -> None:
-        if token != self.token or self.closed:
-            return
-        self._next_token()
-        if exc is not None:
-            self._post(e.RouteAnswered(None, replies.LOOKUP_FAILED, str(exc)))
-        else:
-            self._post(e.RouteAnswered(answer.route if answer is not None else None))
-        self._pump()
-
-    def _dial(self, cmd: c.Dial) -> None:
-        token = self._next_token()
-        try:
-            local = self.client.sock.getsockname()[:2]  # a PROXY header's destination
-        except OSError:
-            local = (None, 0)
-        client = ClientInfo(self.peer[0], self.peer[1], self.proto.helo, self.proto.esmtp, local[0], local[1])
-
-        def done(link: UpstreamLink | None, why: str) -> None:
-            self.dialing = None
-            if token != self.token or self.closed:
-                if link is not None:
-                    link.quit()
-                return
-            if link is None:
-                self._post(e.DialFailed(why))
-            else:
-                self._adopt(link)
-                self._post(e.LinkReady(link))
-            self._pump()
-
-        self.dialing = self.ctx.dialer.dial(cmd.route, client, self.proto.tls_active, self._reverse_name, done)
-
-    def _send(self, cmd: c.Send) -> None:
-        link = self.link
-        assert link is not None
-        timeout = self.ctx.data_timeout if cmd.timeout == c.DATA_TIMEOUT else self.ctx.command_timeout
-        on_reply = self._reply_callback(link)
-        if not cmd.lines:
-            link.expect(on_reply, timeout)
-        elif len(cmd.lines) == 1:
-            link.command(cmd.lines[0], on_reply, timeout)
-        else:
-            link.pipeline(tuple((line, on_reply) for line in cmd.lines), timeout)
-
-    def _reply_callback(self, link: UpstreamLink) -> Callable[[Any], None]:
-        def on_reply(outcome: Any) -> None:
-            if link is not self.link or self.closed:
-                return  # a link the relay let go
-            self._post(e.UpstreamReplied(outcome) if isinstance(outcome, Reply) else e.UpstreamFailed(outcome))
-            self._pump()
-
-        return on_reply
-
-    def _send_body(self, cmd: c.SendBody) -> None:
-        assert self.link is not None
-        self.link.write(cmd.data)
-
-    def _drop_link(self, cmd: c.DropLink) -> None:
-        if self.dialing is not None:
-            self.dialing.cancel()
-            self.dialing = None
-            self._next_token()
-        link, self.link = self.link, None
-        self._cancel_stall_timer()
-        self.flow.resume(UPSTREAM_FULL)
-        if link is None:
-            return
-        link.detach()
-        if link.conn is not None:
-            link.conn.guardian = None
-        if cmd.abort:
-            link.abort()
-        elif not cmd.reusable:
-            link.quit()
-        else:
-            self.ctx.dialer.release(link, self.proto.tls_active)
-
     def _emit(self, cmd: c.Emit) -> None:
         if isinstance(cmd.record, RecipientRecord):
             self.ctx.observer.recipient(cmd.record)
@@ -290,62 +185,6 @@ class Session:
 
     def _notice(self, cmd: c.Notice) -> None:
         self.ctx.observer.event(cmd.name, cmd.level, session=self.id, **dict(cmd.fields))
-
-    # --- the upstream link ------------------------------------------------------------
-    def _adopt(self, link: UpstreamLink) -> None:
-        self.link = link
-        if link.conn is not None:
-            link.conn.guardian = self  # a fault on the upstream side ends this session
-        link.attach(self)
-
-    def on_link_lost(self, link: UpstreamLink, exc: Any) -> None:
-        """The upstream went away while no reply was awaited."""
-        if link is not self.link or self.closed:
-            return
-        self.link = None
-        self._cancel_stall_timer()
-        self.flow.resume(UPSTREAM_FULL)
-        self._post(e.UpstreamLost(exc))
-        self._pump()
-
-    def _reverse_name(self, callback: Callable[[str], None]) -> None:
-        """XCLIENT's NAME for this client (cached across sessions)."""
-        self.ctx.reverse_names.lookup(self.peer[0], callback)
-
-    def on_link_pause(self, link: UpstreamLink) -> None:
-        """The upstream is behind: stop reading the client, and give the
-        upstream WILLI_UPSTREAM_DATA_TIMEOUT at a time to take some bytes."""
-        self.flow.pause(UPSTREAM_FULL)
-        self._arm_stall_timer()
-
-    def on_link_resume(self, link: UpstreamLink) -> None:
-        self._cancel_stall_timer()
-        if self.flow.upstream_full:
-            self.last_client = self.ctx.reactor.time()  # the client was not idle: we did not read it
-        self.flow.resume(UPSTREAM_FULL)
-
-    def _arm_stall_timer(self) -> None:
-        self._cancel_stall_timer()
-        if self.link is not None:
-            self.stall_timer = self.ctx.reactor.call_later(
-                self.ctx.data_timeout, self._upstream_stalled, self.link.out_size, owner=self)
-
-    def _cancel_stall_timer(self) -> None:
-        if self.stall_timer is not None:
-            self.stall_timer.cancel()
-            self.stall_timer = None
-
-    def _upstream_stalled(self, out_size: int) -> None:
-        """No body byte taken for the data timeout: the relay drops the upstream
-        and answers 451 4.4.2 after the client's end of data."""
-        self.stall_timer = None
-        if self.closed or self.relay.state not in (State.BODY, State.CHUNK) or not self.flow.upstream_full:
-            return
-        if self.link is not None and self.link.out_size < out_size:
-            self._arm_stall_timer()  # slow, but it is reading
-            return
-        self._post(e.TimerFired(e.UPSTREAM_STALLED))
-        self._pump()
 
     # --- STARTTLS -----------------------------------------------------------------
     def _start_client_tls(self, cmd: c.StartClientTLS) -> None:
@@ -369,10 +208,9 @@ class Session:
                                     error=str(exc))
             self.close("TLS handshake failed")
             return
-        self.last_client = self.ctx.reactor.time()
         self.client_tls = f"{engine.version} {engine.cipher}"
         self.proto.tls_started()
-        self._pump()
+        self.pump()
 
     def _tls_timed_out(self) -> None:
         self.tls_timer = None
@@ -403,10 +241,6 @@ class Session:
         due = min(self.deadline.due(now), now + self.ctx.deadline_settings.stress_timeout)
         return max(due - now, 0.0)
 
-    def _next_token(self) -> int:
-        self.token += 1
-        return self.token
-
     # --- ending -------------------------------------------------------------------
     def drain(self) -> None:
         """Shutdown: an idle session is told 421 now, a busy one after its transaction."""
@@ -426,7 +260,7 @@ class Session:
         the traceback is reported once."""
         self.ctx.observer.event("session_fault", level="error", session=self.id, error=repr(exc),
                                 traceback=format_traceback(exc))
-        self._drop_link(c.DropLink(abort=True))
+        self.up.drop(c.DropLink(abort=True))
         if self.closed:
             return
         self.relay.state = State.CLOSED  # its state is not to be trusted any more
@@ -446,7 +280,8 @@ class Session:
         self._events.clear()
         self._run(e.ClientGone(reason))
         self.closed = True
-        self._drop_link(c.DropLink(abort=self.link is not None and self.link.busy))
+        link = self.up.link
+        self.up.drop(c.DropLink(abort=link is not None and link.busy))
         if flush:
             self.client.close_when_flushed()
         else:
@@ -461,11 +296,6 @@ EXECUTE: dict[type, Callable[[Session, Any], None]] = {
     c.FeedClient: Session._feed_client,
     c.EndClientTransaction: Session._end_client_transaction,
     c.StartClientTLS: Session._start_client_tls,
-    c.LookUp: Session._look_up,
-    c.Dial: Session._dial,
-    c.Send: Session._send,
-    c.SendBody: Session._send_body,
-    c.DropLink: Session._drop_link,
     c.Emit: Session._emit,
     c.Notice: Session._notice,
 }
