@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.support.fuzz import KNOWN_ITEM_1, KNOWN_ITEM_2, Campaign, Report, generate, reply_problems
+from tests.support.fuzz import Campaign, Report, generate, reply_problems
 
 SEED = 9
 INPUTS = 300
@@ -32,8 +32,6 @@ def test_a_short_run_breaks_no_invariant(report: Report) -> None:
     assert report.unknown() == [], "\n\n".join(map(str, report.unknown()[:5])) + "\n" + report.summary()
 
 
-@pytest.mark.xfail(reason=f"known on this branch until h-relay is merged: {KNOWN_ITEM_1}; {KNOWN_ITEM_2}",
-                   strict=False)
 def test_a_short_run_meets_no_known_bug_either(report: Report) -> None:
     assert report.known() == [], "\n\n".join(map(str, report.known()[:5]))
 
