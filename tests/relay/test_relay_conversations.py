@@ -29,7 +29,10 @@ against ServerProtocol in tests/smtp/test_server.py):
 | DATA: 354 relayed, body streamed, final relayed | test_a_message_streams_through_and_the_final_reply_is_relayed |
 | DATA refused by the upstream | test_data_refused_upstream_is_relayed_and_the_transaction_stays |
 | DATA: over the size limit 552 5.3.4 after end of data | test_an_oversized_body_drops_the_upstream_and_552_follows_the_end_of_data |
-| BDAT | tests/relay/test_relay_bdat.py (when present) |
+| BDAT: streamed to a CHUNKING upstream, replies in order | tests/relay/test_relay_bdat.py::test_chunks_stream_as_bdat_to_an_upstream_with_chunking_replies_in_order, tests/integration/test_bdat.py, tests/integration/test_exim_client.py |
+| BDAT: translated to DATA (dot-stuffed, CRLF.CRLF) | test_relay_bdat.py::test_without_chunking_upstream_the_chunks_become_one_dot_stuffed_data_body, test_translated_chunks_end_with_crlf_dot_crlf_and_the_final_reply_is_relayed |
+| BDAT: refused chunk read and discarded; unframeable size 5xx + close | tests/smtp/test_bdat_framing.py::test_a_refused_chunk_is_read_and_thrown_away_never_parsed, test_an_unframeable_bdat_gets_501_and_the_session_closes |
+| BDAT: size across chunks, middle chunk rejected, client gone mid-chunk | test_relay_bdat.py::test_the_size_limit_counts_across_chunks, test_an_upstream_that_rejects_a_middle_chunk_has_every_later_chunk_answered_with_it, test_a_client_vanishing_mid_chunk_aborts_the_upstream_before_last_or_a_dot |
 | RSET: 250, upstream reset too | test_a_reset_sends_rset_upstream_and_ends_the_transaction |
 | NOOP HELP VRFY EXPN AUTH, unknown, errors | test_server.py::test_small_commands_answer_with_the_spec_codes, test_errors_up_to_the_limit_give_421_and_close |
 | QUIT: 221, both sides closed | test_a_client_that_quits_after_rcpt_leaves_its_recipients_deferred |
