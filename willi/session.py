@@ -140,6 +140,8 @@ class Session:
 
     def _run(self, event: e.Event) -> None:
         for command in self.relay.handle(event, self.ctx.reactor.time()):
+            if self.closed:
+                break  # closed by an earlier command (a write found the client gone)
             execute = EXECUTE.get(type(command))
             if execute is not None:
                 execute(self, command)

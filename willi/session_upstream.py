@@ -122,7 +122,8 @@ class UpstreamSide:
     # --- the link --------------------------------------------------------------------
     def send(self, cmd: c.Send) -> None:
         link = self.link
-        assert link is not None
+        if link is None:
+            return  # lost while this command list ran: its UpstreamLost is queued
         timeout = self.ctx.data_timeout if cmd.timeout == c.DATA_TIMEOUT else self.ctx.command_timeout
         on_reply = self._reply_callback(link)
         if not cmd.lines:
@@ -141,8 +142,8 @@ class UpstreamSide:
         return on_reply
 
     def send_body(self, cmd: c.SendBody) -> None:
-        assert self.link is not None
-        self.link.write(cmd.data)
+        if self.link is not None:  # else lost meanwhile: its UpstreamLost is queued
+            self.link.write(cmd.data)
 
     def drop(self, cmd: c.DropLink) -> None:
         if self.dialing is not None:

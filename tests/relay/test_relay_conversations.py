@@ -389,7 +389,12 @@ def _to_final(pb: Playbook) -> None:
      [c.DropLink(abort=True, reusable=False), c.Answer(replies.UPSTREAM_LOST, False), c.EndClientTransaction()]),
     (in_body, e.UpstreamLost(LOST), [c.DropLink(abort=True, reusable=False)]),
     (_to_final, e.UpstreamFailed(LOST), [c.DropLink(abort=True, reusable=False), c.BodyDone(replies.UPSTREAM_LOST)]),
-], ids=["at-mail", "idle-after-rcpt", "at-data", "mid-body", "awaiting-final"])
+    # A write found the link gone before the command awaiting its reply went out.
+    (_to_final, e.UpstreamLost(LOST), [c.DropLink(abort=True, reusable=False), c.BodyDone(replies.UPSTREAM_LOST)]),
+    (_to_data_sent, e.UpstreamLost(LOST),
+     [c.DropLink(abort=True, reusable=False), c.Answer(replies.UPSTREAM_LOST, False), c.EndClientTransaction()]),
+], ids=["at-mail", "idle-after-rcpt", "at-data", "mid-body", "awaiting-final", "write-failed-before-final",
+        "write-failed-before-data-reply"])
 def test_an_upstream_lost_in_each_phase_is_a_4xx_never_250(setup, event, expected) -> None:
     pb = Playbook()
     setup(pb)

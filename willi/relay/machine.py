@@ -225,7 +225,7 @@ class Relay:
             return
         self._relay_rcpt_reply(reply, accepted=False)
 
-    def _on_mail_failed(self, event: e.UpstreamFailed) -> None:
+    def _on_mail_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         if not self._fresh:
             # A parked or reused link the upstream had closed meanwhile: dial anew.
@@ -242,7 +242,7 @@ class Relay:
         else:
             self._relay_rcpt_reply(event.reply, accepted=event.reply.positive)
 
-    def _on_rcpt_failed(self, event: e.UpstreamFailed) -> None:
+    def _on_rcpt_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._upstream_failed(event.error, in_rcpt=True)
 
@@ -299,7 +299,7 @@ class Relay:
         self.txn.last, self.txn.last_src = reply.raw, UPSTREAM
         self._do(c.Answer(reply.raw, False))
 
-    def _on_data_failed(self, event: e.UpstreamFailed) -> None:
+    def _on_data_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
         self._end_lost(event.error.reply, data=True)
@@ -351,7 +351,7 @@ class Relay:
         self.upstream_open = False
         self._finish(demote_421(reply), UPSTREAM, self._size)
 
-    def _on_final_failed(self, event: e.UpstreamFailed) -> None:
+    def _on_final_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
         self._finish(event.error.reply, WILLI, self._size)
@@ -479,7 +479,7 @@ class Relay:
             self._failure = demote_421(reply)
         self._read_chunk()
 
-    def _on_chunk_go_ahead_failed(self, event: e.UpstreamFailed) -> None:
+    def _on_chunk_go_ahead_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._failure = event.error.reply
         self._read_chunk()
@@ -551,7 +551,7 @@ class Relay:
             self._failure = raw  # and every later chunk hears the same (RFC 3030 §4.2)
         self._chunk_answer(raw, UPSTREAM, accepted=reply.positive)
 
-    def _on_chunk_failed(self, event: e.UpstreamFailed) -> None:
+    def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
         self._failure = event.error.reply
@@ -631,6 +631,14 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.CHUNK, e.TimerFired): Relay._on_chunk_stalled,
     (S.CHUNK_SENT, e.UpstreamReplied): Relay._on_chunk_reply,
     (S.CHUNK_SENT, e.UpstreamFailed): Relay._on_chunk_failed,
+    # The link went away before a command awaiting its reply could be sent
+    # (a write just failed): the same as that reply failing.
+    (S.MAIL_SENT, e.UpstreamLost): Relay._on_mail_failed,
+    (S.RCPT_SENT, e.UpstreamLost): Relay._on_rcpt_failed,
+    (S.DATA_SENT, e.UpstreamLost): Relay._on_data_failed,
+    (S.FINAL, e.UpstreamLost): Relay._on_final_failed,
+    (S.CHUNK_DATA_SENT, e.UpstreamLost): Relay._on_chunk_go_ahead_failed,
+    (S.CHUNK_SENT, e.UpstreamLost): Relay._on_chunk_failed,
     (S.IDLE, e.ClientReset): Relay._on_reset,
     (S.IDLE, e.ClientStartTLS): Relay._on_starttls,
     (S.IDLE, e.UpstreamLost): Relay._on_idle_lost,
