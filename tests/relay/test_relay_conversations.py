@@ -480,3 +480,15 @@ def test_after_the_end_late_news_is_ignored() -> None:
     assert pb >> rcpt("a@a.example.net") << c.LookUp(addr("a@a.example.net"))
     assert pb >> e.ClientGone("client lost") << c.DropLink(abort=True)
     assert pb >> e.RouteAnswered(A) >> e.LinkReady(FakeLink(A)) >> reply(OK_RCPT)
+
+
+def test_a_link_that_fails_under_an_rset_fails_the_next_transactions_envelope_too() -> None:
+    # RSET, then the next transaction's MAIL and RCPT pipelined on the same
+    # link; it breaks: the RSET's failure is swallowed, the envelope's is not.
+    pb = Playbook()
+    bound(pb)
+    assert (pb >> e.ClientReset() << c.Send((b"RSET\r\n",))
+            >> rcpt("b@a.example.net") << c.LookUp(addr("b@a.example.net"))
+            >> e.RouteAnswered(A) << c.Send((MAIL, rcpt_line("b@a.example.net")))
+            >> e.UpstreamFailed(LOST)
+            >> e.UpstreamFailed(LOST) << c.DropLink(abort=True) << c.Dial(A))  # a reused link: dial anew

@@ -131,7 +131,10 @@ class Relay:
         if not self._ignore or not isinstance(event, (e.UpstreamReplied, e.UpstreamFailed)):
             return False
         self._ignore -= 1
-        if isinstance(event, e.UpstreamFailed) or event.reply.code == 421:
+        broken = isinstance(event, e.UpstreamFailed) or event.reply.code == 421
+        if broken and self.state in (State.IDLE, State.ROUTING, State.CHUNK):
+            # Nothing else awaits a reply on this link. Otherwise the command
+            # that does hears the failure itself, next.
             self._drop(abort=True)
         return True
 
