@@ -118,6 +118,8 @@ class Session:
             self._say_goodbye(replies.SHUTTING_DOWN)
         elif self.eof and self.proto.phase is smtp.Phase.COMMAND and self.relay.state is State.IDLE:
             self.close("client lost", flush=True)  # everything it sent is answered
+        elif self.eof and self.relay.state in BODY_STATES:
+            self.close("client lost")  # the rest of the body or chunk will never come
         else:
             self.flow.backlog(self.proto.buffered)
 

@@ -115,3 +115,15 @@ def test_a_client_stalled_in_its_tls_handshake_is_closed_after_the_shorter_idle_
     assert 0.5 <= elapsed < 5, elapsed
     record = willi.wait_for_log(lambda r: r.get("event") == "tls_failed")
     assert "timed out" in record["error"]
+
+
+def test_a_client_that_half_closes_inside_a_chunk_is_lost_and_nothing_is_delivered(launch):
+    upstream = launch.upstream()
+    willi = launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}"})
+    with socket.create_connection((willi.host, willi.port), timeout=5) as sock:
+        sock.sendall(b"EHLO client.test\r\nMAIL FROM:<s@origin.test>\r\nRCPT TO:<u@example.org>\r\n"
+                     b"BDAT 100 LAST\r\nonly part of it\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        got = read_all(sock, time.monotonic() + 10)  # closed at once, not at the idle timeout
+    assert codes(got) == [b"220", b"250", b"250", b"250"], got
+    assert upstream.messages == []
