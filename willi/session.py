@@ -51,6 +51,7 @@ class Session:
         self.tls_timer: Any = None
         self._events: collections.deque[e.Event] = collections.deque()
         self._pumping = False
+        self._faulted = False
         self.client = Connection.accepted(ctx.reactor, sock, self)
         self.flow = Flow(self.client)
         self.up = UpstreamSide(self)
@@ -267,7 +268,7 @@ class Session:
         self.up.drop(c.DropLink(abort=True))
         if self.closed:
             return
-        self.relay.state = State.CLOSED  # its state is not to be trusted any more
+        self._faulted = True  # the relay may be what raised: it is not asked again
         if not self.client.closed:
             self.proto.close()
             self.client.write(replies.SESSION_FAULT)
@@ -282,7 +283,8 @@ class Session:
         if self.tls_timer is not None:
             self.tls_timer.cancel()
         self._events.clear()
-        self._run(e.ClientGone(reason))
+        if not self._faulted:
+            self._run(e.ClientGone(reason))  # its records, and the upstream let go
         self.closed = True
         link = self.up.link
         self.up.drop(c.DropLink(abort=link is not None and link.busy))
