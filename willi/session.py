@@ -7,8 +7,7 @@ upstream loss). This class only carries events to them and does what they
 ask on the client side: answer, read a body, hand records to the Observer,
 STARTTLS; what they ask of routing and the upstream is done by
 `session_upstream.UpstreamSide`. Flow control is `flow.Flow`; the client's
-deadline is `deadlines.ClientDeadline`, its timer and the TLS handshake's are
-here.
+deadline and the TLS handshake's timer are `session_clock.ClientClock`.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import willi.relay.events as e
 from willi import replies
 from willi.connection import Connection
 from willi.context import format_traceback
-from willi.deadlines import ClientDeadline
+from willi.session_clock import ClientClock
 from willi.flow import CLIENT_FULL, Flow
 from willi.records import RecipientRecord
 from willi.relay import Relay, State
@@ -48,7 +47,6 @@ class Session:
         self.closed = False
         self.eof = False  # the client half-closed: finish, reply, then close
         self.client_tls: str | None = None
-        self.tls_timer: Any = None
         self._events: collections.deque[e.Event] = collections.deque()
         self._pumping = False
         self._faulted = False
@@ -56,9 +54,7 @@ class Session:
         self.flow = Flow(self.client)
         self.up = UpstreamSide(self)
         ctx.open_sessions += 1
-        self.deadline = ClientDeadline(ctx.deadline_settings, ctx.stressed, ctx.reactor.time())
-        self.client_timer = ctx.reactor.call_later(self._deadline_delay(ctx.reactor.time()),
-                                                   self._client_timer_fired, owner=self)
+        self.clock = ClientClock(self)
         self.proto.greet()
         self._flush_client()
 
@@ -66,13 +62,13 @@ class Session:
     def on_data(self, conn: Connection, data: memoryview) -> None:
         now = self.ctx.reactor.time()
         if self.relay.state in BODY_STATES:
-            self.deadline.body_bytes(len(data), now)
+            self.clock.deadline.body_bytes(len(data), now)
             self.post(e.BodyReceived(data.obj, 0, len(data)))
             self.pump()
             return
         self.proto.feed(data)
         self.pump()
-        self.deadline.fed(self.proto.lines_read, now)
+        self.clock.deadline.fed(self.proto.lines_read, now)
 
     def on_eof(self, conn: Connection) -> None:
         """A read EOF is not a lost connection: what was received is worked
@@ -116,7 +112,7 @@ class Session:
             return
         self._flush_client()
         if self.ctx.draining and self._idle():
-            self._say_goodbye(replies.SHUTTING_DOWN)
+            self.say_goodbye(replies.SHUTTING_DOWN)
         elif self.eof and self.proto.phase is smtp.Phase.COMMAND and self.relay.state is State.IDLE:
             self.close("client lost", flush=True)  # everything it sent is answered
         elif self.eof and self.relay.state in BODY_STATES:
@@ -166,14 +162,14 @@ class Session:
     def _read_body(self, cmd: c.ReadBody) -> None:
         self._flush_client()  # the 354 goes out before any body byte is judged
         self.proto.start_body()
-        self.deadline.body_started(self.ctx.reactor.time())
+        self.clock.deadline.body_started(self.ctx.reactor.time())
         start = self.proto.take_body_start()
         if start and not self.closed:
             self.post(e.BodyReceived(start, 0, len(start)))
 
     def _body_done(self, cmd: c.BodyDone) -> None:
         self.up.cancel_stall_timer()
-        self.deadline.body_ended(self.ctx.reactor.time())
+        self.clock.deadline.body_ended(self.ctx.reactor.time())
         self.proto.body_done(cmd.reply)
 
     def _feed_client(self, cmd: c.FeedClient) -> None:
@@ -199,15 +195,11 @@ class Session:
             self.close("TLS not available")
             return
         engine = TLSEngine(context, server_side=True)
-        # No phase outlives the client idle timeout without a byte moving (SPEC §2).
-        timeout = self.ctx.deadline_settings.handshake_timeout(self.ctx.stressed())
-        self.tls_timer = self.ctx.reactor.call_later(timeout, self._tls_timed_out, owner=self)
+        self.clock.start_tls()
         self.client.start_tls(engine, lambda exc: self._tls_done(engine, exc))
 
     def _tls_done(self, engine: TLSEngine, exc: BaseException | None) -> None:
-        if self.tls_timer is not None:
-            self.tls_timer.cancel()
-            self.tls_timer = None
+        self.clock.tls_done()
         if exc is not None:
             self.ctx.observer.event("tls_failed", session=self.id, side="client", client=self.peer[0],
                                     error=str(exc))
@@ -217,42 +209,13 @@ class Session:
         self.proto.tls_started()
         self.pump()
 
-    def _tls_timed_out(self) -> None:
-        self.tls_timer = None
-        self.ctx.observer.event("tls_failed", session=self.id, side="client", client=self.peer[0],
-                                error="handshake timed out")
-        self.close("TLS handshake timed out")
-
-    # --- the client idle timer ----------------------------------------------------------
-    def _client_timer_fired(self) -> None:
-        if self.closed:
-            return
-        reactor = self.ctx.reactor
-        now = reactor.time()
-        # While the upstream holds us back we do not read the client: not its idleness.
-        waiting_on_us = (self.proto.phase is smtp.Phase.WAITING or self.flow.upstream_full
-                         or self.relay.state in (State.FINAL, State.CHUNK_SENT) or self.tls_timer is not None)
-        if waiting_on_us:
-            self.deadline.record_started(now)
-        why = None if waiting_on_us else self.deadline.expired(now)
-        if why is None:
-            self.client_timer = reactor.call_later(self._deadline_delay(now), self._client_timer_fired, owner=self)
-            return
-        self._say_goodbye(replies.CLIENT_TIMEOUT, why)
-
-    def _deadline_delay(self, now: float) -> float:
-        """Until the deadline, but at most the stress timeout: stress that
-        starts meanwhile is noticed in time."""
-        due = min(self.deadline.due(now), now + self.ctx.deadline_settings.stress_timeout)
-        return max(due - now, 0.0)
-
     # --- ending -------------------------------------------------------------------
     def drain(self) -> None:
         """Shutdown: an idle session is told 421 now, a busy one after its transaction."""
         if not self.closed and self._idle() and not self._pumping:
-            self._say_goodbye(replies.SHUTTING_DOWN)
+            self.say_goodbye(replies.SHUTTING_DOWN)
 
-    def _say_goodbye(self, reply: bytes, reason: str = "closing") -> None:
+    def say_goodbye(self, reply: bytes, reason: str = "closing") -> None:
         self.proto.reply(reply)
         self.proto.close()
         self._flush_client()
@@ -279,9 +242,7 @@ class Session:
         never completed: the relay aborts its upstream."""
         if self.closed:
             return
-        self.client_timer.cancel()
-        if self.tls_timer is not None:
-            self.tls_timer.cancel()
+        self.clock.cancel()
         self._events.clear()
         if not self._faulted:
             self._run(e.ClientGone(reason))  # its records, and the upstream let go
