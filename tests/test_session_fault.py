@@ -71,3 +71,5 @@ def test_a_fault_in_one_session_ends_it_with_421_and_the_other_session_goes_on()
     faults = [fields for name, fields in (r for r in observer.records if isinstance(r, tuple)) if name == "session_fault"]
     assert len(faults) == 1 and faults[0]["session"] == faulty.id
     assert "AttributeError" in faults[0]["traceback"] and "Traceback" in faults[0]["traceback"]
+    ends = [(r.session, r.reason) for r in observer.records if getattr(r, "event", None) == "disconnect"]
+    assert ends == [(faulty.id, "fault"), (healthy.id, "test over")]

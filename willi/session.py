@@ -22,7 +22,7 @@ from willi.connection import Connection
 from willi.context import format_traceback
 from willi.session_clock import ClientClock
 from willi.flow import CLIENT_FULL, Flow
-from willi.records import RecipientRecord
+from willi.records import RecipientRecord, SessionRecord
 from willi.relay import Relay, State
 from willi.session_upstream import UPSTREAM_EXECUTE, UpstreamSide
 from willi.smtp import server as smtp
@@ -55,6 +55,7 @@ class Session:
         self.up = UpstreamSide(self)
         ctx.open_sessions += 1
         self.clock = ClientClock(self)
+        ctx.observer.session(SessionRecord("connect", self.id, peer[0], peer[1]))
         self.proto.greet()
         self._flush_client()
 
@@ -253,6 +254,8 @@ class Session:
             self.client.close_when_flushed()
         else:
             self.client.close()
+        self.ctx.observer.session(SessionRecord("disconnect", self.id, self.peer[0], self.peer[1], reason=reason,
+                                                tls=self.client_tls, transactions=self.relay.count))
         self.ctx.session_closed(self)
 
 
