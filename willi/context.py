@@ -82,7 +82,9 @@ class LogObserver:
             size=r.size, aborted=r.aborted, chunking=r.chunking or None, duration=r.duration)
 
     def session(self, record: SessionRecord) -> None:
-        self.logger.debug(record.event, **_fields(record))
+        fields = _fields(record)
+        del fields["event"]
+        self.logger.debug(record.event, **fields)
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         self.logger.log(level, name, **fields)
