@@ -200,3 +200,15 @@ def test_memory_stays_bounded_for_a_1_gb_chunk_announced_in_one_bdat(willi, upst
             assert time.monotonic() < deadline
         growth = willi.rss_kib() - before
     assert growth < 20 * 1024, f"Willi grew by {growth} KiB"
+
+
+def test_a_rcpt_between_translated_chunks_is_503_and_never_reaches_the_upstream_body(willi, upstreams):
+    with open_session(willi) as client:
+        envelope(client, "between@plain.test")
+        bdat(client, b"first\r\n")
+        assert client.read_reply().code == 250
+        assert client.command("RCPT TO:<late@plain.test>").raw == replies.RCPT_AFTER_BDAT
+        bdat(client, b"second\r\n", last=True)
+        assert client.read_reply().code == 250
+    message = latest(upstreams["plain"], "between@plain.test")
+    assert message.body == b"first\r\nsecond\r\n" and message.rcpt_tos == [b"between@plain.test"]

@@ -63,6 +63,16 @@ def test_data_inside_a_bdat_transaction_is_503() -> None:
     assert say(proto, b"DATA\r\n") == ([], replies.DATA_IN_BDAT)
 
 
+def test_rcpt_after_a_chunk_is_503_never_a_recipient_inside_the_message() -> None:
+    proto = in_transaction()
+    say(proto, b"BDAT 3\r\nabc")
+    proto.start_body()
+    proto.take_body_start()
+    proto.answer(replies.chunk_received(3), True)
+    proto.take_output()
+    assert say(proto, b"RCPT TO:<late@d.example>\r\n") == ([], replies.RCPT_AFTER_BDAT)
+
+
 def test_after_the_last_chunk_a_data_transaction_may_follow() -> None:
     proto = in_transaction()
     say(proto, b"BDAT 0 LAST\r\n")

@@ -328,6 +328,9 @@ class ServerProtocol:
         if self._void:
             self._out += replies.UPSTREAM_LOST
             return None
+        if self._bdat:
+            # The message is under way (maybe as a DATA body upstream): no more recipients.
+            return self._error(replies.RCPT_AFTER_BDAT)
         if arg[:3].upper() != b"TO:":
             return self._error(replies.SYNTAX_RCPT)
         try:
