@@ -21,12 +21,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.support.fuzz import Campaign, Report  # noqa: E402
 
 
-_last = [0.0]
+_shown = {"seconds": 0.0, "violations": 0}
 
 
 def _progress(report: Report) -> None:
-    if report.seconds - _last[0] >= 30:
-        _last[0] = report.seconds
+    """A line every 30 s, and each new violation in one line as it is found."""
+    for violation in report.violations[_shown["violations"] :]:
+        print(f"fuzz: found {str(violation)[:300]!r}", flush=True)
+    _shown["violations"] = len(report.violations)
+    if report.seconds - _shown["seconds"] >= 30:
+        _shown["seconds"] = report.seconds
         print(f"fuzz: {report.inputs} inputs, {report.seconds:.0f} s, {len(report.violations)} violations "
               f"so far ({len(report.unknown())} unknown)", flush=True)
 

@@ -58,6 +58,8 @@ def test_the_reply_checker_refuses_what_it_must() -> None:
                 b"250 " + b"x" * 600 + b"\r\n", b"250 a\rb\r\n"):
         assert reply_problems(bad, True), bad
     assert reply_problems(b"220 cut off", False) == []  # a reset may cut the last reply
+    # After STARTTLS is accepted come TLS records (an alert for a garbage handshake), not replies.
+    assert reply_problems(b"220 w ESMTP\r\n250 ok\r\n220 2.0.0 Ready\r\n\x15\x03\x03\x00\x02\x02\x16", True) == []
 
 
 def test_the_upstream_checks_flag_what_must_never_reach_an_upstream() -> None:

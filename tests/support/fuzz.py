@@ -463,6 +463,10 @@ def play(fuzz: FuzzInput, host: str, port: int, timeout: float = 20.0) -> Outcom
 def reply_problems(data: bytes, clean_eof: bool) -> list[str]:
     """Everything wrong with the bytes Willi sent one client."""
     problems = []
+    tls = data.find(b"\r\n220 2.0.0 ")  # after a STARTTLS is accepted the bytes are TLS records
+    if tls >= 0:
+        data = data[: data.find(b"\r\n", tls + 2) + 2]
+        clean_eof = True
     lines = data.split(b"\r\n")
     tail = lines.pop()
     if tail and clean_eof:
