@@ -41,6 +41,7 @@ from typing import Callable
 from willi import replies
 from willi.errors import NeedsSMTPUTF8, UpstreamError, WilliError
 from willi.records import UPSTREAM, WILLI
+from willi.routing import Route
 import willi.relay.commands as c
 import willi.relay.events as e
 from willi.relay.ledger import Ledger
@@ -95,7 +96,7 @@ class Relay:
         self.txn: Ledger | None = None
         self.count = 0  # transactions so far: the txn id's counter
         self._rcpt: e.ClientRcpt | None = None  # the RCPT being worked on
-        self._route: object = None  # ... and its route
+        self._route: Route | None = None  # ... and its route
         self._size = 0  # the body's size once its end is seen
         self._fresh = True  # the link was just dialled: a failed MAIL is not a stale pooled link
         self._pipelined = False
@@ -190,7 +191,7 @@ class Relay:
         self._send_envelope(fresh=not event.link.reused)
 
     def _on_dial_failed(self, event: e.DialFailed) -> None:
-        server = getattr(self._route, "server", None)
+        server = self._route.server if self._route is not None else None
         self._do(c.Notice("upstream_unavailable", "warning", (("server", server), ("error", event.error))))
         self._refuse(replies.UPSTREAM_UNAVAILABLE, WILLI)
 
@@ -234,7 +235,8 @@ class Relay:
             # A parked or reused link the upstream had closed meanwhile: dial anew.
             assert self.link is None and self._rcpt is not None
             self.state = State.DIALING
-            self._do(c.Dial(self._route))  # type: ignore[arg-type]
+            assert self._route is not None
+            self._do(c.Dial(self._route))
             return
         self._upstream_failed(event.error, in_rcpt=True)
 
