@@ -26,61 +26,29 @@ The rules it keeps:
   end the client did not send (issue 9).
 - When the upstream is lost inside a transaction, the client gets a 4xx and
   the transaction is over: the client protocol is told to forget it.
-- BDAT (RFC 3030) is streamed as BDAT to an upstream that offers CHUNKING,
-  with its replies relayed in order; for one that does not, it becomes one
-  DATA body on the fly (dot-stuffed, ended with CRLF.CRLF). A refused chunk
-  is still read and thrown away; after a refused chunk every later one gets
-  the same reply, and LAST ends the transaction with it.
+- BDAT (RFC 3030) is the other half of the transitions, in chunking.py.
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Callable
 
 from willi import replies
-from willi.errors import NeedsSMTPUTF8, UpstreamError, WilliError
+from willi.errors import NeedsSMTPUTF8, UpstreamError
 from willi.records import UPSTREAM, WILLI
 from willi.routing import Route
 import willi.relay.commands as c
 import willi.relay.events as e
+from willi.relay.chunking import Chunking
 from willi.relay.ledger import Ledger
-from willi.smtp.address import Address
-from willi.smtp.bdat import ChunkScanner, DotStuffer
+from willi.relay.states import KINDS, RelayError, State, demote_421
+from willi.smtp.bdat import ChunkScanner, DotStuffer  # the attributes' types
 from willi.smtp.body import TOO_BIG, DataScanner
 from willi.smtp.reply import Reply
 from willi.smtp.upstream import mail_command, rcpt_command
 
 
-class RelayError(WilliError):
-    """An event the transition table does not allow in the current state."""
-
-
-class State(enum.Enum):
-    IDLE = "idle"  # no command pending; an upstream transaction may be open
-    ROUTING = "routing"  # a RCPT waits for its route
-    DIALING = "dialing"  # ... for a link
-    MAIL_SENT = "mail sent"  # ... for the MAIL reply (the RCPT may be pipelined behind it)
-    RCPT_SENT = "rcpt sent"  # ... for the RCPT reply
-    DATA_SENT = "data sent"  # DATA waits for the 354
-    BODY = "body"  # the body streams upstream
-    DRAIN = "drain"  # the body is refused or its upstream gone: read it to its end
-    FINAL = "final"  # the end of data is upstream: its final reply is awaited
-    CHUNK_DATA_SENT = "chunk data sent"  # BDAT to DATA: the DATA waits for its 354
-    CHUNK = "chunk"  # a BDAT chunk is read (streamed, translated or thrown away)
-    CHUNK_SENT = "chunk sent"  # the chunk is upstream: its reply is awaited
-    CLOSED = "closed"
-
-
-def demote_421(reply: Reply) -> bytes:
-    """An upstream 421 closes *its* connection, not the client's: the client
-    gets the same text as a 451 (SPEC §7)."""
-    if reply.code != 421:
-        return reply.raw
-    return b"".join(b"451" + line[3:] + b"\r\n" for line in reply.lines)
-
-
-class Relay:
+class Relay(Chunking):
     """The transaction between one client session and its upstream."""
 
     def __init__(self, session: str, client: str, max_size: int, strict_body: bool = True,
@@ -321,7 +289,7 @@ class Relay:
             else:
                 too_big = scanner.violation is TOO_BIG
                 self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
-                self._do(c.Notice("body_refused", "info", (("kind", _KINDS[scanner.violation.reason]),)))
+                self._do(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
                 self._drop(abort=True)  # never finish a refused message: no final dot
                 self.state = State.DRAIN
         if end < 0:
@@ -441,150 +409,6 @@ class Relay:
             txn.last, txn.last_src = last, src
         self._do(*(c.Emit(r) for r in txn.close(self._now, None, src, None, aborted)))
 
-    # --- BDAT ----------------------------------------------------------------------
-    def _on_bdat(self, event: e.ClientBdat) -> None:
-        txn, link = self.txn, self.link
-        assert txn is not None
-        self._remaining, self._last, self._early = event.size, event.last, None
-        self._this = event.size
-        if self._chunk is None:  # the first chunk of the transaction
-            txn.chunking = True
-            self._failure = None
-            self._chunk = ChunkScanner(self.max_size, self.strict_body)
-            if link is None or link.closed or not self.upstream_open:
-                self._failure = replies.UPSTREAM_LOST
-            elif "CHUNKING" not in link.capabilities:
-                self._stuffer = DotStuffer()
-                self.state = State.CHUNK_DATA_SENT
-                self._do(c.Send((b"DATA\r\n",)))
-                return
-        self._read_chunk()
-
-    def _read_chunk(self) -> None:
-        """Take the chunk's bytes now (sending its BDAT line first to a CHUNKING upstream)."""
-        if self._failure is None and self._stuffer is None:
-            # A LAST chunk goes up without LAST; "BDAT 0 LAST" follows once its
-            # last byte is in, so an upstream never sees LAST for a chunk the
-            # client may still abandon.
-            only_last = self._last and not self._remaining
-            self._last_pending = False
-            self._do(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
-                            c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
-        self.state = State.CHUNK
-        if self._remaining:
-            self._do(c.ReadBody())
-        else:
-            self._chunk_read()
-
-    def _on_chunk_go_ahead(self, event: e.UpstreamReplied) -> None:
-        reply = event.reply
-        if reply.code != 354:  # the client hears it for this chunk, and for every later one
-            if reply.code == 421:
-                self._drop(abort=True)
-            self._failure = demote_421(reply)
-        self._read_chunk()
-
-    def _on_chunk_go_ahead_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
-        self._drop(abort=True)
-        self._failure = event.error.reply
-        self._read_chunk()
-
-    def _on_chunk_bytes(self, event: e.BodyReceived) -> None:
-        buf, start, stop = event.buf, event.start, event.stop
-        upto = start + min(self._remaining, stop - start)
-        self._remaining -= upto - start
-        scanner = self._chunk
-        assert scanner is not None
-        if self._failure is None:
-            scanner.scan(buf, start, upto)
-            if self._last and not self._remaining:
-                scanner.finish()
-            if scanner.violation is not None:
-                too_big = scanner.violation is TOO_BIG
-                self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
-                self._do(c.Notice("body_refused", "info", (("kind", _KINDS[scanner.violation.reason]),)))
-                self._drop(abort=True)  # never finish a refused message
-            elif self._stuffer is not None:
-                self._do(c.SendBody(self._stuffer.feed(memoryview(buf)[start:upto])))
-            elif upto > start:
-                self._do(c.SendBody(memoryview(buf)[start:upto]))
-        if upto < stop:
-            self._do(c.FeedClient(memoryview(buf)[upto:stop]))  # the next command, pipelined
-        if not self._remaining:
-            self._chunk_read()
-
-    def _chunk_read(self) -> None:
-        """The chunk's last byte is in."""
-        assert self._chunk is not None
-        if self._failure is not None:
-            self._chunk_answer(self._failure, WILLI)
-        elif self._stuffer is not None:
-            if self._last:
-                self._do(c.SendBody(self._stuffer.finish()))
-                self._size = self._chunk.size
-                self.state = State.FINAL
-                self._do(c.Send((), c.DATA_TIMEOUT))
-            else:
-                self._chunk_answer(replies.chunk_received(self._chunk.size), WILLI, accepted=True)
-        else:
-            self.state = State.CHUNK_SENT
-            if self._last and self._this and not self._last_pending:
-                self._last_pending = True  # the chunk's reply, then the message's
-                self._do(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
-            early, self._early = self._early, None
-            if early is not None:
-                TRANSITIONS[(State.CHUNK_SENT, type(early))](self, early)
-
-    def _on_chunk_reply(self, event: e.UpstreamReplied) -> None:
-        reply = event.reply
-        if self._last_pending:  # the reply to the last chunk's bytes; "BDAT 0 LAST"'s follows
-            self._last_pending = False
-            if reply.positive:
-                return
-            self._ignore += 1  # its reply is not the client's to hear
-            if reply.code == 421:
-                self._drop(abort=True)
-            self._finish(demote_421(reply), UPSTREAM, self._chunk.size if self._chunk else 0)
-            return
-        if reply.code == 421:
-            self._drop(abort=True)
-        elif not reply.positive and not self._last and self.link is not None:
-            self._ignore += 1  # a refused middle chunk: the upstream's transaction is reset
-            self._do(c.Send((b"RSET\r\n",)))
-        raw = demote_421(reply)
-        if not reply.positive:
-            self._failure = raw  # and every later chunk hears the same (RFC 3030 §4.2)
-        self._chunk_answer(raw, UPSTREAM, accepted=reply.positive)
-
-    def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
-        self._drop(abort=True)
-        self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
-        self._failure = event.error.reply
-        self._chunk_answer(self._failure, WILLI)
-
-    def _on_early(self, event: e.Event) -> None:
-        """The upstream answered before the chunk was all sent: keep it for then."""
-        if isinstance(event, (e.UpstreamFailed, e.UpstreamLost)):
-            self._drop(abort=True)
-            self._failure = event.error.reply
-        else:
-            self._early = event
-
-    def _on_chunk_stalled(self, event: e.TimerFired) -> None:
-        self._do(c.Notice("upstream_failed", "warning", (("error", "upstream stopped reading the body"),)))
-        self._drop(abort=True)
-        if self._failure is None:
-            self._failure = replies.UPSTREAM_TIMEOUT
-
-    def _chunk_answer(self, reply: bytes, src: str, accepted: bool = False) -> None:
-        """The reply to this chunk; LAST's is the message's final reply."""
-        if self._last:
-            self._size = self._chunk.size if self._chunk is not None else 0
-            self._finish(reply, src, self._size)
-            return
-        self.state = State.IDLE
-        self._do(c.Answer(reply, accepted))
-
     # --- RSET, STARTTLS, the end ------------------------------------------------
     def _on_reset(self, event: e.ClientReset) -> None:
         if self._stuffer is not None:
@@ -618,7 +442,6 @@ class Relay:
         self.upstream_open = False
 
 
-_KINDS = {"size": "too_big", "bare CR or LF": "bare_lf", "NUL": "nul"}
 
 Handler = Callable[[Relay, e.Event], None]
 S = State
