@@ -41,7 +41,7 @@ against ServerProtocol in tests/smtp/test_server.py):
 | end of data CRLF.CRLF only; bare LF/CR/NUL refused | test_a_bare_lf_in_the_body_refuses_the_message_without_a_dot, tests/smtp/test_body.py |
 | chunk-final CR held back (issue 9) | test_a_chunk_final_cr_is_held_back_until_the_next_byte_is_known, test_a_split_end_of_data_reaches_the_upstream_only_whole |
 | reuse after the transaction, routes afresh | test_the_next_transaction_reuses_the_link_when_it_routes_there_again |
-| timeouts: upstream command / data | test_an_upstream_timeout_at_rcpt_is_451_4_4_2, test_an_upstream_that_stops_reading_the_body_gets_dropped_and_451_follows |
+| timeouts: lookup, connect, upstream command, data, client idle | test_each_timeout_is_a_4xx_and_never_a_dot (parametrized), test_an_upstream_timeout_at_rcpt_is_451_4_4_2, test_an_upstream_that_stops_reading_the_body_gets_dropped_and_451_follows |
 | timeouts: client idle, TLS handshake | tests/integration/test_faults.py, tests/integration/test_session_bugs.py |
 | half-close | tests/integration/test_session_bugs.py::test_a_half_closed_client_gets_every_reply |
 | upstream vanishing: 4xx, never 250, transaction over | test_an_upstream_lost_in_each_phase_is_a_4xx_never_250 (parametrized by phase), test_after_the_upstream_is_lost_the_transaction_is_over |
@@ -492,3 +492,36 @@ def test_a_link_that_fails_under_an_rset_fails_the_next_transactions_envelope_to
             >> e.RouteAnswered(A) << c.Send((MAIL, rcpt_line("b@a.example.net")))
             >> e.UpstreamFailed(LOST)
             >> e.UpstreamFailed(LOST) << c.DropLink(abort=True) << c.Dial(A))  # a reused link: dial anew
+
+
+# --- each timeout (SPEC §2: 451 4.4.2, 451 4.3.0 for the lookup) ---------------------
+TIMED_OUT = UpstreamTimeout("upstream timed out")
+
+
+def _to_routing(pb: Playbook) -> None:
+    assert pb >> rcpt("a@a.example.net") << c.LookUp(addr("a@a.example.net"))
+
+
+def _to_dialing(pb: Playbook) -> None:
+    _to_routing(pb)
+    assert pb >> e.RouteAnswered(A) << c.Dial(A)
+
+
+@pytest.mark.parametrize(("setup", "event", "expected"), [
+    (_to_routing, e.RouteAnswered(None, replies.LOOKUP_FAILED, "lookup timed out"),
+     [c.Answer(replies.LOOKUP_FAILED, False)]),
+    (_to_dialing, e.DialFailed("connect timed out"), [c.Answer(replies.UPSTREAM_UNAVAILABLE, False)]),
+    (_to_data_sent, e.UpstreamFailed(TIMED_OUT),
+     [c.DropLink(abort=True, reusable=False), c.Answer(replies.UPSTREAM_TIMEOUT, False), c.EndClientTransaction()]),
+    (_to_final, e.UpstreamFailed(TIMED_OUT),
+     [c.DropLink(abort=True, reusable=False), c.BodyDone(replies.UPSTREAM_TIMEOUT)]),
+    (in_body, e.ClientGone("client timeout"), [c.DropLink(abort=True, reusable=False)]),
+], ids=["lookup", "connect", "command-at-data", "final-reply", "client-idle-mid-body"])
+def test_each_timeout_is_a_4xx_and_never_a_dot(setup, event, expected) -> None:
+    pb = Playbook()
+    setup(pb)
+    pb >> event
+    for cmd in expected:
+        pb << cmd
+    assert pb
+    assert not any(isinstance(r, TransactionRecord) and r.code == 250 for r in pb.records)
