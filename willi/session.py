@@ -54,10 +54,18 @@ class Session:
         self.flow = Flow(self.client)
         self.up = UpstreamSide(self)
         ctx.open_sessions += 1
-        self.clock = ClientClock(self)
-        ctx.observer.session(SessionRecord("connect", self.id, peer[0], peer[1]))
-        self.proto.greet()
-        self._flush_client()
+        try:
+            self.clock = ClientClock(self)
+            ctx.observer.session(SessionRecord("connect", self.id, peer[0], peer[1]))
+            self.proto.greet()
+            self._flush_client()
+        except Exception:  # a session that cannot start leaves nothing behind (the guard reports it)
+            self.closed = True
+            if hasattr(self, "clock"):
+                self.clock.cancel()
+            ctx.open_sessions -= 1
+            self.client.abort()
+            raise
 
     # --- client connection events ---------------------------------------------
     def on_data(self, conn: Connection, data: memoryview) -> None:
