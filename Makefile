@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench dist image clean system-venv system-test-deps
+.PHONY: run test bench dist image fuzz clean system-venv system-test-deps
 
 run: $(VENV)/.deps
 	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
@@ -19,6 +19,14 @@ run: $(VENV)/.deps
 
 test: $(VENV)/.test-deps system-test-deps
 	$(PY) -m pytest -q
+
+# make fuzz: the long fuzz run against a live Willi (issue 9), bounded in count
+# and time; FUZZ_SEED repeats a run, FUZZ_PARALLEL sets the connections.
+FUZZ_INPUTS  ?= 50000
+FUZZ_SECONDS ?= 3600
+fuzz: $(VENV)/.test-deps
+	FUZZ_INPUTS=$(FUZZ_INPUTS) FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED=$(FUZZ_SEED) FUZZ_PARALLEL=$(FUZZ_PARALLEL) \
+	  $(PY) tests/fuzz/run_fuzz.py
 
 # make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
 # 14 minutes; rewrites BENCHMARKS.md; W6 starts a private MariaDB). Quick: BENCH_SCALE=0.05 make bench.
@@ -69,6 +77,8 @@ system-venv:
 	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
 	  $(SUDO) apt-get update -q && $(SUDO) $(APT) install python3-venv python3-pip; }
 
+# exim4-daemon-light conflicts with postfix, so it is never installed:
+# tests/support/exim.py fetches it (apt-get download) and unpacks it (dpkg -x).
 system-test-deps:
 	@missing=""; \
 	command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || missing="$$missing postfix"; \

@@ -24,7 +24,7 @@ from willi.errors import ConfigError, MappingError, TLSError
 from willi.listener import Front, ListenError, interfaces, open_listener, open_listeners, show_address
 from willi.log import Logger, LogWriter, journal_stream
 from willi.metrics_http import MetricsServer
-from willi.observe import ObservedLogger, Observer, legacy_session_hooks
+from willi.observe import ObservedLogger, Observer
 from willi.reactor import Reactor
 from willi.reload import Reloader, keep_restart_fields
 from willi.routing.router import Router, build_mappings
@@ -295,17 +295,13 @@ def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier,
     except TLSError as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
-    # Until the session reports to the observer itself (see willi.observe).
-    new_session, session_closed = legacy_session_hooks(
-        observer, lambda sock, peer: Session(ctx, sock, peer), lambda session: front.session_closed(session),
-        ctx.legacy_transactions.take_count)
-    front = Front(reactor, sockets, new_session,
+    front = Front(reactor, sockets, lambda sock, peer: Session(ctx, sock, peer),
                   config.max_connections, config.max_connections_per_ip, logger,
                   rate=ConnectionRate(config.max_connection_rate_per_ip),
                   rate_exceptions=config.connection_rate_exceptions,
                   proxy_from=config.proxy_protocol_from if config.proxy_protocol else None,
                   proxy_timeout=config.proxy_protocol_timeout, observer=observer)
-    ctx.on_session_closed = session_closed
+    ctx.on_session_closed = front.session_closed
     metrics = observer.metrics
     metrics.worker_queue_depth.set_function(lambda: workers.depth)
     metrics.log_lines_dropped.set_function(lambda: logger.sink.dropped)

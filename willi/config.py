@@ -63,6 +63,10 @@ class Config:
     bare_lf: str = "reject"  # reject | pass
     recipient_delimiter: str = ""
     client_timeout: float = 300.0
+    client_record_deadline: bool = True  # the timeout bounds each line, not each byte
+    stress_client_timeout: float = 10.0  # the client timeout near max_connections
+    stress_threshold: int = 80  # percent of max_connections that is "near"
+    min_data_rate: int = 500  # body octets/second that earn time; 0: off
     upstream_connect_timeout: float = 30.0
     upstream_command_timeout: float = 300.0
     upstream_data_timeout: float = 600.0
@@ -302,6 +306,10 @@ KEYS: tuple[_Key, ...] = (
     _Key("WILLI_RECIPIENT_DELIMITER", "recipient_delimiter", parse_delimiter),
     *(_Key("WILLI_" + key, key.lower(), parse_duration) for key in _DURATION_KEYS),
     _Key("WILLI_UPSTREAM_POOL_IDLE", "upstream_pool_idle", parse_duration_or_off),
+    _Key("WILLI_CLIENT_RECORD_DEADLINE", "client_record_deadline", parse_bool),
+    _Key("WILLI_STRESS_CLIENT_TIMEOUT", "stress_client_timeout", parse_duration),
+    _Key("WILLI_STRESS_THRESHOLD", "stress_threshold", _whole(1, 100)),
+    _Key("WILLI_MIN_DATA_RATE", "min_data_rate", _whole(0)),
     _Key("WILLI_LOOKUP_THREADS", "lookup_threads", _whole(1, 64)),
     _Key("WILLI_LOOKUP_QUEUE", "lookup_queue", _whole(1)),
     _Key(

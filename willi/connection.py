@@ -9,7 +9,11 @@ LOW_WATER it may resume: that is how backpressure crosses from one side of a
 session to the other. Pending TLS output counts towards the queue too.
 
 There is one fatal path: `_lost(exc)` tells the owner once and closes.
-`close()` is idempotent and never calls the owner back.
+`close()` is idempotent and never calls the owner back. When a callback of
+this connection raises, the reactor's guard calls `fatal(exc)`: the
+exception goes to the `guardian` (the session that pairs this connection
+with another, so a fault on either side ends the session), else the owner's
+own `fatal`, else the connection counts as lost and the fault is reported.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class Owner(Protocol):
 
     def on_resume_writing(self, conn: "Connection") -> None: ...
 
+    # Optional: `on_eof(conn)`. An owner that has it is told of a read EOF
+    # (the peer half-closed) and may still write; one that has not is told
+    # `on_lost(conn, None)`.
+
 
 class Connection:
     """A non-blocking stream socket driven by the reactor."""
@@ -49,7 +57,7 @@ class Connection:
     __slots__ = (
         "reactor", "sock", "owner", "_out", "_out_size", "_events", "closed",
         "_reading", "_write_paused", "_close_when_flushed", "tls", "_tls_done",
-        "_connect_done", "bytes_in", "bytes_out", "__weakref__",
+        "_connect_done", "bytes_in", "bytes_out", "guardian", "at_eof", "__weakref__",
     )
 
     def __init__(self, reactor: Reactor, sock: socket.socket, owner: Owner) -> None:
@@ -68,6 +76,8 @@ class Connection:
         self._connect_done: Callable[[BaseException | None], None] | None = None
         self.bytes_in = 0
         self.bytes_out = 0
+        self.guardian: Any = None  # who ends when a callback of this connection raises
+        self.at_eof = False  # the peer half-closed: nothing more to read
 
     # --- opening ------------------------------------------------------------
     @classmethod
@@ -118,7 +128,7 @@ class Connection:
             self._update_interest()
 
     def resume_reading(self) -> None:
-        if not self._reading and not self.closed and self._connect_done is None:
+        if not self._reading and not self.closed and self._connect_done is None and not self.at_eof:
             self._reading = True
             self._update_interest()
             if self.tls is not None and self._tls_done is None and self.tls.buffered_input:
@@ -137,7 +147,7 @@ class Connection:
             self._lost(exc)
             return
         if n == 0:
-            self._lost(None)
+            self._eof()
             return
         self.bytes_in += n
         if self.tls is None:
@@ -298,7 +308,7 @@ class Connection:
             self._flush_tls()
             if n == 0:
                 if engine.peer_closed:
-                    self._lost(None)
+                    self._eof()
                 return
             self.owner.on_data(self, view[:n])
 
@@ -323,6 +333,27 @@ class Connection:
         else:
             self.reactor.modify(self.sock, events, self)
         self._events = events
+
+    def _eof(self) -> None:
+        """The peer will send nothing more; it may still read (half-close)."""
+        on_eof = getattr(self.owner, "on_eof", None)
+        if on_eof is None:
+            self._lost(None)
+            return
+        self.at_eof = True
+        self._reading = False
+        self._update_interest()
+        on_eof(self)
+
+    def fatal(self, exc: BaseException) -> None:
+        """The reactor's guard: one of this connection's callbacks raised."""
+        for who in (self.guardian, self.owner):
+            fatal = getattr(who, "fatal", None)
+            if fatal is not None:
+                fatal(exc)
+                return
+        self.reactor.on_fault(exc, self.owner)
+        self._lost(exc)
 
     def _lost(self, exc: BaseException | None) -> None:
         if self.closed:

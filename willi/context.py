@@ -9,12 +9,14 @@ from __future__ import annotations
 import itertools
 import os
 import ssl
+import traceback
 from typing import Any, Callable
 
+from willi.deadlines import DeadlineSettings, Stress
 from willi import dns, replies, tls
 from willi.config import Config
 from willi.log import Logger
-from willi.observe import LegacyTransactions, Observer
+from willi.observe import Observer
 from willi.reactor import Reactor
 from willi.routing.router import Router
 from willi.smtp.server import ServerSettings
@@ -74,17 +76,17 @@ class Context:
         self.logger = logger
         self.observer = observer or Observer(logger)  # log lines and metrics (willi.observe)
         self.metrics = self.observer.metrics
-        self.legacy_transactions = LegacyTransactions(self.observer)
-        server_tls = None
-        if config.tls_cert and config.tls_key:
-            server_tls = tls.server_context(config.tls_cert, config.tls_key)
-        self.apply(config, router, server_tls)
+        reactor.on_fault = self._fault
         self.draining = False
-        self.log_transactions = logger.enabled("info")  # skip building the line when it is off
+        self.open_sessions = 0
         self.reverse_names = ReverseNames(reactor, workers)
         self.on_session_closed: Callable[[Any], None] = lambda session: None
         self._ids = itertools.count(1)
         self._id_prefix = f"{os.getpid():x}."
+        server_tls = None
+        if config.tls_cert and config.tls_key:
+            server_tls = tls.server_context(config.tls_cert, config.tls_key)
+        self.apply(config, router, server_tls)
 
     def apply(self, config: Config, router: Router, server_tls: ssl.SSLContext | None) -> None:
         """Take `config` from now on (at start, and on SIGHUP). A new session
@@ -105,6 +107,11 @@ class Context:
         self.data_timeout = config.upstream_data_timeout
         self.lookup_timeout = config.lookup_timeout
         self.tls_handshake_timeout = config.tls_handshake_timeout
+        self.deadline_settings = DeadlineSettings(
+            timeout=config.client_timeout, record_deadline=config.client_record_deadline,
+            stress_timeout=config.stress_client_timeout, min_data_rate=config.min_data_rate,
+            tls_handshake_timeout=config.tls_handshake_timeout)
+        self.stress = Stress(config.max_connections, config.stress_threshold)
         self.split_recipients = config.split_recipients
         self.strict_body = config.bare_lf == "reject"
 
@@ -114,8 +121,18 @@ class Context:
     def server_tls(self) -> ssl.SSLContext | None:
         return self._server_tls
 
+    def stressed(self) -> bool:
+        return self.stress(self.open_sessions)
+
     def session_closed(self, session: Any) -> None:
+        self.open_sessions -= 1
         self.on_session_closed(session)
 
-    def log_transaction(self, **fields: Any) -> None:
-        self.legacy_transactions(**fields)  # the old session's dict, as records (willi.observe)
+    def _fault(self, exc: BaseException, owner: Any) -> None:
+        """A callback raised and its owner could not take it: report it once."""
+        self.observer.event("session_fault", level="error", owner=type(owner).__name__,
+                            error=repr(exc), traceback=format_traceback(exc))
+
+
+def format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()

@@ -17,12 +17,11 @@ and replies of a session are written at debug only; a producer checks
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable
 
 from willi.log import Logger
 from willi.metrics import Metrics
-from willi.records import DEFERRED, UPSTREAM, WILLI, RecipientRecord, SessionRecord, TransactionRecord, status_of
+from willi.records import RecipientRecord, SessionRecord, TransactionRecord
 
 
 class Observer:
@@ -120,52 +119,7 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-# --- until the producers of the other branches merge ----------------------------------
-# The session on this branch still reports a transaction as one dict of fields
-# (`Context.log_transaction`) and the listener logs refusals through a logger;
-# these adapters turn both into records and events, so the lines and metrics
-# are the Observer's already. Remove them once the relay and the listener
-# call the Observer themselves.
-
-
-class LegacyTransactions:
-    """`ctx.log_transaction(**fields)` of the old session, as records.
-
-    It cannot know which recipients were refused at RCPT (only how many), so
-    per-recipient lines cover the accepted ones only."""
-
-    def __init__(self, observer: Observer) -> None:
-        self.observer = observer
-        self._numbers = itertools.count(1)
-        self._per_session: dict[str, int] = {}
-
-    def take_count(self, session: str) -> int:
-        """How many transactions `session` had (asked once, at its disconnect)."""
-        return self._per_session.pop(session, 0)
-
-    def __call__(self, **fields: Any) -> None:
-        session = str(fields["session"])
-        txn = f"{session}.{next(self._numbers)}"
-        self._per_session[session] = self._per_session.get(session, 0) + 1
-        accepted = tuple(filter(None, str(fields.get("rcpts") or "").split(",")))
-        result, aborted, size = fields.get("result"), fields.get("aborted"), fields.get("size")
-        code = int(result) if result and str(result).isdigit() else None
-        text = fields.get("text")
-        if size is None and accepted and code is not None and code < 400:
-            code, text = None, None  # ended before a final reply: never a 250 that was only a RCPT's
-        status = DEFERRED if code is None else status_of(code, at_rcpt=not accepted)
-        upstream = fields.get("upstream")
-        src = UPSTREAM if upstream is not None and code is not None and not aborted else WILLI
-        for to in accepted:
-            self.observer.recipient(RecipientRecord(
-                session=session, txn=txn, to=to, status=status, code=code, text=text, src=src,
-                upstream=upstream, aborted=aborted))
-        self.observer.transaction(TransactionRecord(
-            session=session, txn=txn, client=str(fields.get("client")), helo=fields.get("helo"),
-            tls=fields.get("tls"), sender=str(fields.get("sender", "")), accepted=accepted,
-            refused=int(fields.get("rejected") or 0), upstream=upstream, upstream_tls=fields.get("upstream_tls"),
-            status=status, code=code, text=text, src=src, size=size, duration=float(fields.get("duration") or 0.0),
-            aborted=aborted))
+# --- producers that still log events by name (the dialer) ----------------------------
 
 
 class ObservedLogger:
@@ -198,28 +152,3 @@ class ObservedLogger:
 
     def error(self, event: str, **fields: object) -> None:
         self.log("error", event, **fields)
-
-
-def legacy_session_hooks(observer: Observer, new_session: Callable[[Any, tuple[str, int]], Any],
-                         closed: Callable[[Any], None], transactions: Callable[[str], int] | None = None
-                         ) -> tuple[Callable[..., Any], Callable[[Any], None]]:
-    """Connect and disconnect records around the session factory and its
-    close callback, for a session that reports neither itself. It reads the
-    session's `id`, `peer`, `client` (bytes_in, bytes_out), `client_tls`, and
-    `close_reason` when the session keeps one."""
-
-    def opened(sock: Any, peer: tuple[str, int]) -> Any:
-        session = new_session(sock, peer)
-        observer.session(SessionRecord("connect", session.id, peer[0], peer[1]))
-        return session
-
-    def ended(session: Any) -> None:
-        client = session.client
-        observer.session(SessionRecord(
-            "disconnect", session.id, session.peer[0], session.peer[1], tls=getattr(session, "client_tls", None),
-            reason=getattr(session, "close_reason", None),
-            transactions=transactions(session.id) if transactions is not None else 0,
-            extra={"bytes_in": client.bytes_in, "bytes_out": client.bytes_out}))
-        closed(session)
-
-    return opened, ended

@@ -7,6 +7,15 @@ socketpair so a blocked `select()` returns (the self-pipe trick of CPython's
 selector event loop). Timers are a heap with lazy cancellation: cancelling
 only flags the entry, so re-arming an idle timeout costs no heap surgery.
 
+Every callback runs under a guard (CPython asyncio's per-transport fatal
+path): an exception ends only its *owner*, never the loop. A registered
+handler is its own owner; a timer or call_soon belongs to the owner passed
+when it was scheduled, or else to the owner whose callback was running then
+(so what a session schedules while handling its socket is the session's). An
+owner with a `fatal(exc)` method is handed the exception and ends itself (a
+session answers `421 4.3.0`, aborts its upstream and closes); anything else
+is reported through `on_fault` and the loop goes on.
+
 The receive buffer is owned by the reactor and shared by every connection:
 data is handed to its consumer as a memoryview that is valid only until the
 callback returns, so an idle session holds no buffer of its own.
@@ -19,8 +28,10 @@ import heapq
 import selectors
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable, Protocol
 
 RECV_BUFFER_SIZE = 256 * 1024
@@ -39,17 +50,34 @@ class Handler(Protocol):
     def on_writable(self) -> None: ...
 
 
+class Faultable(Protocol):
+    """An owner that can end itself when one of its callbacks raised."""
+
+    def fatal(self, exc: BaseException) -> None: ...
+
+
+FaultHook = Callable[[BaseException, Any], None]
+
+
+def print_fault(exc: BaseException, owner: Any) -> None:
+    """The default `on_fault`: the traceback on stderr, once."""
+    print(f"willi: fault in {type(owner).__name__}:", file=sys.stderr)
+    traceback.print_exception(exc, file=sys.stderr)
+
+
 class Timer:
     """A scheduled call; `cancel()` is O(1) and idempotent."""
 
-    __slots__ = ("when", "callback", "args", "cancelled", "reactor")
+    __slots__ = ("when", "callback", "args", "cancelled", "reactor", "owner")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, reactor: "Reactor") -> None:
+    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, reactor: "Reactor",
+                 owner: Any = None) -> None:
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
         self.reactor = reactor
+        self.owner = owner
 
     def cancel(self) -> None:
         if not self.cancelled:
@@ -73,8 +101,8 @@ class Reactor:
         self._selector = selectors.DefaultSelector()
         self._timers: list[Timer] = []
         self._cancelled = 0  # cancelled timers still in the heap
-        self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
-        self._threadsafe: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()
+        self._ready: collections.deque[tuple[Callable[..., Any], tuple, Any]] = collections.deque()
+        self._threadsafe: collections.deque[tuple[Callable[..., Any], tuple, Any]] = collections.deque()
         self._signals: dict[int, Callable[[], None]] = {}
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
@@ -88,6 +116,9 @@ class Reactor:
         # ciphertext it came from.
         self.tls_view = memoryview(bytearray(TLS_PLAIN_BUFFER_SIZE))
         self.time = time.monotonic
+        self._owner: Any = None  # whose callback is running now
+        self.on_fault: FaultHook = print_fault  # faults no owner took (Context routes them to the Observer)
+        self.faults = 0
 
     # --- registration -------------------------------------------------------
     def register(self, fileobj: Any, events: int, handler: Handler) -> None:
@@ -103,11 +134,13 @@ class Reactor:
             pass
 
     # --- scheduling ---------------------------------------------------------
-    def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
-        self._ready.append((callback, args))
+    def call_soon(self, callback: Callable[..., Any], *args: Any, owner: Any = None) -> None:
+        """Run callback next turn; a fault in it ends `owner` (default: the
+        owner whose callback is running now)."""
+        self._ready.append((callback, args, owner if owner is not None else self._owner))
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> Timer:
-        timer = Timer(self.time() + delay, callback, args, self)
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any, owner: Any = None) -> Timer:
+        timer = Timer(self.time() + delay, callback, args, self, owner if owner is not None else self._owner)
         heapq.heappush(self._timers, timer)
         return timer
 
@@ -123,7 +156,7 @@ class Reactor:
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
         """From any thread: run callback on the reactor thread soon."""
-        self._threadsafe.append((callback, args))  # deque.append is atomic
+        self._threadsafe.append((callback, args, None))  # deque.append is atomic
         self._wake()
 
     def _wake(self) -> None:
@@ -149,7 +182,7 @@ class Reactor:
     def _on_signal(self, signum: int, _frame: Any) -> None:
         callback = self._signals.get(signum)
         if callback is not None:
-            self._threadsafe.append((callback, ()))
+            self._threadsafe.append((callback, (), None))
 
     # --- the loop -----------------------------------------------------------
     def on_readable(self) -> None:
@@ -173,12 +206,34 @@ class Reactor:
             events = select(self._timeout())
             for key, mask in events:
                 handler = key.data
-                if mask & READ:
-                    handler.on_readable()
-                if mask & WRITE and key.fileobj.fileno() != -1:
-                    handler.on_writable()
+                self._owner = handler
+                try:
+                    if mask & READ:
+                        handler.on_readable()
+                    if mask & WRITE and key.fileobj.fileno() != -1:
+                        handler.on_writable()
+                except Exception as exc:
+                    self._fault(handler, exc)
+            self._owner = None
             self._run_timers()
             self._run_ready()
+
+    def _fault(self, owner: Any, exc: Exception) -> None:
+        """The guard: end the owner of the callback that raised, not the loop."""
+        self.faults += 1
+        self._owner = None
+        fatal = getattr(owner, "fatal", None)
+        if fatal is not None:
+            try:
+                fatal(exc)
+                return
+            except Exception as second:  # its fatal path failed too: report both
+                second.__context__ = exc
+                exc = second
+        try:
+            self.on_fault(exc, owner)
+        except Exception:  # pragma: no cover - the reporter itself is broken
+            print_fault(exc, owner)
 
     def _timeout(self) -> float | None:
         if self._ready or self._threadsafe:
@@ -202,7 +257,7 @@ class Reactor:
                 self._cancelled -= 1
             else:
                 timer.cancelled = True  # fired: a later cancel() is a no-op
-                self._ready.append((timer.callback, timer.args))
+                self._ready.append((timer.callback, timer.args, timer.owner))
 
     def _run_ready(self) -> None:
         threadsafe = self._threadsafe
@@ -211,8 +266,13 @@ class Reactor:
         ready = self._ready
         # Only what is queued now: callbacks that queue more run next turn.
         for _ in range(len(ready)):
-            callback, args = ready.popleft()
-            callback(*args)
+            callback, args, owner = ready.popleft()
+            self._owner = owner
+            try:
+                callback(*args)
+            except Exception as exc:
+                self._fault(owner, exc)
+        self._owner = None
 
     def close(self) -> None:
         if signal.getsignal(signal.SIGINT) is not None and self._signals:

@@ -25,6 +25,7 @@ PROXY_REQUIRED = b"421 4.7.0 Connections are accepted through the load balancer 
 TOO_MANY_ERRORS = b"421 4.7.0 Too many errors, closing connection\r\n"
 CLIENT_TIMEOUT = b"421 4.4.2 Timeout exceeded, closing connection\r\n"
 SHUTTING_DOWN = b"421 4.3.2 Service shutting down, closing connection\r\n"
+SESSION_FAULT = b"421 4.3.0 Internal error, closing connection\r\n"
 UPSTREAM_UNAVAILABLE = b"451 4.4.1 Upstream unavailable, try again later\r\n"
 UPSTREAM_TIMEOUT = b"451 4.4.2 Upstream timed out, try again later\r\n"
 UPSTREAM_LOST = b"451 4.4.2 Upstream connection lost, try again later\r\n"
@@ -44,6 +45,7 @@ SYNTAX_MAIL = b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n"
 SYNTAX_RCPT = b"501 5.5.4 Syntax: RCPT TO:<address>\r\n"
 SYNTAX_NO_ARGS = b"501 5.5.4 Syntax error, no parameters allowed\r\n"
 SYNTAX_ADDRESS = b"501 5.1.3 Bad address syntax\r\n"
+ADDRESS_TOO_LONG = b"501 5.1.3 Bad address syntax: address too long\r\n"
 SYNTAX_PARAMETER = b"501 5.5.4 Bad parameter\r\n"
 SYNTAX_SIZE = b"501 5.5.4 Bad SIZE parameter\r\n"
 UNKNOWN_PARAMETER = b"555 5.5.4 Unsupported parameter\r\n"
@@ -55,6 +57,10 @@ NESTED_MAIL = b"503 5.5.1 Error: nested MAIL command\r\n"
 TLS_ALREADY_ACTIVE = b"503 5.5.1 Error: TLS already active\r\n"
 TRANSACTION_IN_PROGRESS = b"503 5.5.1 Error: MAIL transaction in progress\r\n"
 NO_VALID_RECIPIENTS = b"554 5.5.1 Error: no valid recipients\r\n"
+SYNTAX_BDAT = b"501 5.5.4 Syntax: BDAT size [LAST]\r\n"
+BDAT_UNFRAMED = b"501 5.5.4 Syntax: BDAT size [LAST]; the chunk cannot be framed, closing connection\r\n"
+DATA_IN_BDAT = b"503 5.5.1 Error: DATA inside a BDAT transaction\r\n"
+RCPT_AFTER_BDAT = b"503 5.5.1 Error: RCPT after BDAT\r\n"
 MESSAGE_TOO_BIG = b"552 5.3.4 Message size exceeds fixed limit\r\n"
 BAD_BODY = b"550 5.5.2 Message refused: bare <CR> or <LF> or NUL in message body\r\n"
 NEED_SMTPUTF8 = b"553 5.6.7 Upstream does not support SMTPUTF8\r\n"
@@ -76,6 +82,12 @@ def relay_denied(address: str) -> bytes:
     if len(raw) > room:
         raw = raw[:room].decode("utf-8", "ignore").encode("utf-8")  # no half character
     return template % raw
+
+
+def chunk_received(size: int) -> bytes:
+    """A BDAT chunk taken while translating to DATA (RFC 3030 §2): the
+    message is not yet accepted, only this chunk received."""
+    return b"250 2.0.0 %d octets received\r\n" % size
 
 
 def ehlo(hostname: str, capabilities: list[str]) -> bytes:

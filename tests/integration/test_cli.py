@@ -303,3 +303,8 @@ def test_a_real_environment_variable_overrides_a_mapping_of_the_env_file(
     assert str(routes_csv) not in result.stdout
 
 
+def test_lookup_of_the_domain_of_a_dot_key_finds_no_route(routes_csv: Path, tmp_path: Path) -> None:
+    # SPEC §3: ".example.net" matches subdomains only, never example.net itself.
+    result = run("--lookup", "dave@example.net", env=base_env(routes_csv), tmp_path=tmp_path)
+    assert result.returncode == 1, result
+    assert "no route" in result.stdout

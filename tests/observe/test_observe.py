@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from willi.log import Logger
 from willi.metrics import Metrics
-from willi.observe import LegacyTransactions, Observer
-from willi.records import BOUNCED, DEFERRED, REFUSED, SENT, UPSTREAM, WILLI, RecipientRecord, SessionRecord, \
+from willi.observe import Observer
+from willi.records import DEFERRED, REFUSED, SENT, UPSTREAM, WILLI, RecipientRecord, SessionRecord, \
     TransactionRecord
 from tests.support.willi_process import parse_log_line
 
@@ -144,21 +144,6 @@ def test_commands_and_replies_are_for_debug_only() -> None:
     chatty.event("reply", level="debug", session="1f.3", line="250 2.1.0 Ok")
     assert [(r["event"], r["line"]) for r in chatty_sink.records()] == [
         ("command", "MAIL FROM:<a@b.test>"), ("reply", "250 2.1.0 Ok")]
-
-
-def test_the_old_sessions_transaction_dict_becomes_records_without_a_false_250() -> None:
-    obs, sink = observer()
-    legacy = LegacyTransactions(obs)
-    # The client quit after RCPT: the old line said result=250 (the RCPT's reply).
-    legacy(session="1f.3", client="192.0.2.7", sender="a@o.test", rcpts="bob@a.test", result="250",
-           text="2.1.5 Ok", upstream="smtp://192.0.2.25:25", size=None, aborted="client quit", duration=0.1)
-    legacy(session="1f.3", client="192.0.2.7", sender="a@o.test", rcpts="bob@a.test", result="550",
-           text="5.7.1 spam", upstream="smtp://192.0.2.25:25", size=10, duration=0.1)
-    quit_rcpt, quit_txn, bounce_rcpt, bounce_txn = sink.records()
-    assert (quit_rcpt["event"], quit_rcpt["status"], quit_rcpt.get("code")) == ("recipient", "deferred", None)
-    assert (quit_txn["status"], quit_txn.get("code"), quit_txn["txn"]) == ("deferred", None, "1f.3.1")
-    assert (bounce_rcpt["status"], bounce_rcpt["code"], bounce_rcpt["src"]) == (BOUNCED, "550", "upstream")
-    assert bounce_txn["txn"] == "1f.3.2"  # unique per transaction, not per session
 
 
 def test_a_field_cannot_pose_as_the_lines_own_level_or_event() -> None:

@@ -15,6 +15,7 @@ from willi.smtp.address import Address
 from willi.smtp.body import DataScanner
 from willi.smtp.reply import ReplyReader
 from willi.smtp.server import (
+    Bdat,
     Close,
     Data,
     Event,
@@ -32,7 +33,7 @@ GO_AHEAD = b"354 End data with <CR><LF>.<CR><LF>\r\n"
 QUEUED = b"250 2.0.0 Ok: queued as 1234\r\n"
 
 PLAIN_EHLO = (b"250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n"
-              b"250 ENHANCEDSTATUSCODES\r\n")
+              b"250-ENHANCEDSTATUSCODES\r\n250 CHUNKING\r\n")
 
 
 def make(**options: Any) -> ServerProtocol:
@@ -83,7 +84,7 @@ def test_greeting_names_the_host() -> None:
     assert proto.take_output() == b"220 mx.example ESMTP\r\n"
 
 
-def test_ehlo_lists_capabilities_without_starttls_or_chunking_when_tls_is_not_configured() -> None:
+def test_ehlo_lists_capabilities_with_chunking_and_without_starttls_when_tls_is_not_configured() -> None:
     proto = make()
     assert say(proto, b"EHLO client.example\r\n") == ([], PLAIN_EHLO)
     assert proto.helo == "client.example" and proto.esmtp
@@ -91,8 +92,8 @@ def test_ehlo_lists_capabilities_without_starttls_or_chunking_when_tls_is_not_co
 
 def test_ehlo_offers_starttls_when_tls_is_configured() -> None:
     _, out = say(make(starttls=True), b"EHLO client.example\r\n")
-    assert out == PLAIN_EHLO.replace(b"250 ENHANCEDSTATUSCODES", b"250-ENHANCEDSTATUSCODES\r\n250 STARTTLS")
-    assert b"CHUNKING" not in out
+    assert out == PLAIN_EHLO.replace(b"250 CHUNKING", b"250-CHUNKING\r\n250 STARTTLS")
+    assert b"BINARYMIME" not in out  # BDAT content is lines, checked as DATA's are
 
 
 def test_ehlo_after_tls_no_longer_offers_starttls() -> None:
@@ -334,8 +335,12 @@ def test_data_refused_by_the_upstream_stays_in_the_command_phase() -> None:
     assert proto.take_output() == b"554 5.5.0 no\r\n" + replies.OK
 
 
-def test_bdat_is_not_implemented_since_chunking_is_not_offered() -> None:
-    assert say(in_transaction(), b"BDAT 10 LAST\r\n") == ([], replies.NOT_IMPLEMENTED)
+def test_bdat_in_a_transaction_is_an_event_and_its_chunk_is_not_read_as_commands() -> None:
+    proto = in_transaction()
+    [event], out = say(proto, b"BDAT 6 LAST\r\nQUIT\r\n")
+    assert isinstance(event, Bdat) and (event.size, event.last) == (6, True) and out == b""
+    proto.start_body()
+    assert proto.take_body_start() == b"QUIT\r\n"  # the chunk's bytes, handed to the relay
 
 
 # --- RSET and the small commands -------------------------------------------------------

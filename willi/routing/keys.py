@@ -2,8 +2,9 @@
 
 Every mapping is asked with the same list, most specific first: the full
 address, the address without its extension (Postfix's recipient_delimiter),
-the domain, then `.domain` and each parent (a leading dot matches every
-subdomain). Keys are lower-cased so mapping tables can be written in one case.
+the domain, then each parent as `.parent` (a leading dot matches subdomains
+only, never the domain itself, as in Postfix's transport maps: `.example.org`
+routes `user@mail.example.org`, not `user@example.org`). Keys are lower-cased so mapping tables can be written in one case.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ def lookup_keys(address: Address, delimiter: str) -> list[str]:
         keys.append(f"{base}@{domain}".lower())
     keys.append(domain)
     if not domain.startswith("["):
-        # An address literal has no parents; a host name has one per label.
+        # An address literal has no parents; a host name has one per label
+        # above its own (".mail.example.org" would name mail.example.org's
+        # subdomains, not mail.example.org).
         labels = domain.split(".")
-        keys.extend("." + ".".join(labels[i:]) for i in range(len(labels)))
+        keys.extend("." + ".".join(labels[i:]) for i in range(1, len(labels)))
     return list(dict.fromkeys(keys))
 
 

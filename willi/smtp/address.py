@@ -7,7 +7,11 @@ may contain `@` and spaces), a source route (`<@a,@b:u@c>`, RFC 5321 §4.1.2)
 is dropped, and `<>` is the null path. Like Postfix, a bare address without
 angle brackets is accepted too. SMTPUTF8 (RFC 6531) local parts and domains are
 allowed; control characters and lone surrogates (undecodable bytes the caller
-kept with surrogateescape) are not. Sans-IO: strings in, values out.
+kept with surrogateescape) are not. The sizes of RFC 5321 §4.5.3.1 are
+enforced in octets: a local part of 64, a domain of 255, a path of 256 with
+its brackets (and any source route), so every MAIL and RCPT line Willi
+builds from an address stays far below the 512-octet command limit.
+Sans-IO: strings in, values out.
 """
 
 from __future__ import annotations
@@ -37,11 +41,22 @@ _PARAM_VALUE = re.compile(r"[!-<>-~\u00a0-\ud7ff\ue000-\U0010ffff]+")
 # C0, DEL, C1 (NEL and friends) and the surrogate range left by surrogateescape.
 _FORBIDDEN = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
+MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
+MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
+MAX_PATH = 256  # RFC 5321 §4.5.3.1.3, "<" and ">" and any source route included
+
 
 class AddressError(WilliError):
     """A path or address that does not parse: 501 5.1.3."""
 
     reply = replies.SYNTAX_ADDRESS
+
+
+class AddressTooLong(AddressError):
+    """A local part, domain or path over RFC 5321's sizes: 501 5.1.3, as
+    Postfix answers an address it cannot use."""
+
+    reply = replies.ADDRESS_TOO_LONG
 
 
 class ParameterError(AddressError):
@@ -76,7 +91,9 @@ def parse_path_argument(arg: str) -> tuple[Address, list[str]]:
     text = arg.lstrip(" ")
     simple = _SIMPLE_PATH.fullmatch(text)
     if simple is not None:
-        return Address(simple[1], simple[2]), _split_params(simple[3])
+        address = Address(simple[1], simple[2])
+        _check_sizes(_octets(simple[1]) + 1 + _octets(simple[2]) + 2, address)
+        return address, _split_params(simple[3])
     return _parse_path(text)
 
 
@@ -94,7 +111,24 @@ def _parse_path(text: str) -> tuple[Address, list[str]]:
         path, rest = text[:end], text[end:]
         if path == "":
             raise AddressError("empty path")
-    return _parse_mailbox(_strip_source_route(path)), _split_params(rest)
+    address = _parse_mailbox(_strip_source_route(path))
+    _check_sizes(_octets(path) + 2, address)
+    return address, _split_params(rest)
+
+
+def _octets(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogateescape"))
+
+
+def _check_sizes(path_octets: int, address: Address) -> None:
+    """RFC 5321 §4.5.3.1: servers need not take longer objects, and Willi
+    must not send them on (a path of 3 KB would make a 3 KB RCPT line)."""
+    if path_octets > MAX_PATH:
+        raise AddressTooLong(f"path of {path_octets} octets (at most {MAX_PATH})")
+    if _octets(address.local) > MAX_LOCAL_PART:
+        raise AddressTooLong(f"local part over {MAX_LOCAL_PART} octets")
+    if _octets(address.domain) > MAX_DOMAIN:
+        raise AddressTooLong(f"domain over {MAX_DOMAIN} octets")
 
 
 def parse_params(params: list[str]) -> dict[str, str | None]:

@@ -22,13 +22,14 @@ class LineEvent(enum.Enum):
 class LineBuffer:
     """Collects bytes, yields complete command lines without their CRLF."""
 
-    __slots__ = ("_buf", "_scanned", "_skipping", "limit")
+    __slots__ = ("_buf", "_scanned", "_skipping", "limit", "lines")
 
     def __init__(self, limit: int = 4096) -> None:
         self._buf = bytearray()
         self._scanned = 0
         self._skipping = False
         self.limit = limit
+        self.lines = 0  # LF-ended lines consumed: the per-record deadline's count
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -64,6 +65,7 @@ class LineBuffer:
                 self._scanned = len(buf)
             return None
         self._scanned = 0
+        self.lines += 1
         if self._skipping:
             del buf[: end + 1]
             self._skipping = False

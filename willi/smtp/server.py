@@ -10,6 +10,13 @@ the line buffer meanwhile, so replies always leave in command order.
 After `answer(..., accepted=True)` for a Data event the protocol is in the
 BODY phase: the session streams the body itself and hands the bytes after the
 end of data back through `feed` once the message is done.
+
+BDAT (RFC 3030): a chunk in sequence is a Bdat event; the session takes its
+bytes (`start_body`, `take_body_start`) and answers it with `answer` (the
+transaction goes on) or `body_done` (it is over). A chunk refused here (out
+of sequence, no recipient) is still read and thrown away, so no byte of it is
+ever parsed as a command; a size that is not a number cannot be framed: 501
+and close.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 
 from willi import replies
 from willi.smtp.address import Address, AddressError, parse_params, parse_path_argument
+from willi.smtp.bdat import BadChunkSize, parse_bdat
 from willi.smtp.lines import LineBuffer, LineEvent
 
 
@@ -63,9 +71,23 @@ class Quit(Event):
 
 
 class Close(Event):
-    """A 421 is queued (error limit): flush it and close both sides."""
+    """A 421 (error limit) or a 501 (unframeable BDAT) is queued: flush it
+    and close both sides."""
 
-    __slots__ = ()
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str = "too many errors") -> None:
+        self.reason = reason
+
+
+class Bdat(Event):
+    """BDAT in sequence: `size` bytes of content follow; `last` ends the message."""
+
+    __slots__ = ("size", "last")
+
+    def __init__(self, size: int, last: bool) -> None:
+        self.size = size
+        self.last = last
 
 
 class StartTLS(Event):
@@ -87,7 +109,7 @@ class ServerSettings:
 
     def capabilities(self, tls_active: bool) -> list[str]:
         caps = ["PIPELINING", f"SIZE {self.max_message_size}", "8BITMIME", "SMTPUTF8",
-                "ENHANCEDSTATUSCODES"]
+                "ENHANCEDSTATUSCODES", "CHUNKING"]
         if self.starttls and not tls_active:
             caps.append("STARTTLS")
         return caps
@@ -102,7 +124,7 @@ class ServerProtocol:
     __slots__ = (
         "settings", "phase", "_lines", "_out", "_pending", "helo", "esmtp",
         "tls_active", "mail", "mail_params", "accepted", "errors",
-        "_ehlo_plain", "_ehlo_tls",
+        "_ehlo_plain", "_ehlo_tls", "_void", "_bdat", "_skip",
     )
 
     def __init__(self, settings: ServerSettings, ehlo_plain: bytes | None = None,
@@ -119,6 +141,9 @@ class ServerProtocol:
         self.mail_params: dict[str, str | None] = {}
         self.accepted = 0
         self.errors = 0
+        self._void = False  # the upstream went away inside this transaction
+        self._bdat = False  # this transaction is sent with BDAT: no DATA in it
+        self._skip = 0  # bytes of a refused BDAT chunk still to throw away
         # Pre-rendered once per configuration, shared by every session.
         self._ehlo_plain = ehlo_plain or replies.ehlo(settings.hostname, settings.capabilities(False))
         self._ehlo_tls = ehlo_tls or replies.ehlo(settings.hostname, settings.capabilities(True))
@@ -128,8 +153,17 @@ class ServerProtocol:
         self._out += replies.greeting(self.settings.hostname)
 
     def feed(self, data: bytes | memoryview) -> None:
-        if self.phase is not Phase.CLOSED:
+        if self._skip:
+            cut = min(self._skip, len(data))
+            self._skip -= cut
+            data = data[cut:]
+        if self.phase is not Phase.CLOSED and data:
             self._lines.feed(data)
+
+    @property
+    def lines_read(self) -> int:
+        """Complete command lines read so far (ClientDeadline.fed)."""
+        return self._lines.lines
 
     @property
     def buffered(self) -> int:
@@ -177,8 +211,14 @@ class ServerProtocol:
             self.phase = Phase.COMMAND
         elif isinstance(event, Data):
             self.phase = Phase.BODY if accepted else Phase.COMMAND
+        elif isinstance(event, Bdat):
+            self.phase = Phase.COMMAND  # the chunk is in; the transaction goes on
         else:
             raise RuntimeError(f"answer() without a pending event: {event!r}")
+
+    def start_body(self) -> None:
+        """The session reads a BDAT chunk now: input is not commands."""
+        self.phase = Phase.BODY
 
     def take_body_start(self) -> bytes:
         """Bytes the client sent after DATA, before our 354: the body's start."""
@@ -187,8 +227,16 @@ class ServerProtocol:
     def body_done(self, reply: bytes) -> None:
         """The message is finished (relayed, refused or lost): back to commands."""
         self._out += reply
+        self._pending = None
         self._reset_transaction()
         self.phase = Phase.COMMAND
+
+    def void_transaction(self) -> None:
+        """The upstream went away inside the transaction, and the client has
+        its 4xx (SPEC §2): the recipients accepted are void. Later RCPT and
+        DATA of it get 451 too, and a new MAIL needs no RSET."""
+        self._void = True
+        self.accepted = 0
 
     def tls_started(self) -> None:
         """RFC 3207 §4.2: after the handshake the session starts over."""
@@ -237,7 +285,7 @@ class ServerProtocol:
     def _mail(self, arg: bytes) -> Event | None:
         if self.helo is None:
             return self._error(replies.NEED_HELO)
-        if self.mail is not None:
+        if self.mail is not None and not self._void:
             return self._error(replies.NESTED_MAIL)
         if arg[:5].upper() != b"FROM:":
             return self._error(replies.SYNTAX_MAIL)
@@ -252,6 +300,7 @@ class ServerProtocol:
         self.mail = address
         self.mail_params = params
         self.accepted = 0
+        self._void = False
         self._out += replies.SENDER_OK
         return None
 
@@ -276,6 +325,12 @@ class ServerProtocol:
     def _rcpt(self, arg: bytes) -> Event | None:
         if self.mail is None:
             return self._error(replies.NEED_MAIL)
+        if self._void:
+            self._out += replies.UPSTREAM_LOST
+            return None
+        if self._bdat:
+            # The message is under way (maybe as a DATA body upstream): no more recipients.
+            return self._error(replies.RCPT_AFTER_BDAT)
         if arg[:3].upper() != b"TO:":
             return self._error(replies.SYNTAX_RCPT)
         try:
@@ -296,6 +351,11 @@ class ServerProtocol:
             return self._error(replies.SYNTAX_NO_ARGS)
         if self.mail is None:
             return self._error(replies.NEED_MAIL)
+        if self._void:
+            self._out += replies.UPSTREAM_LOST
+            return None
+        if self._bdat:
+            return self._error(replies.DATA_IN_BDAT)
         if not self.accepted:
             return self._error(replies.NO_VALID_RECIPIENTS)
         return self._wait(Data())
@@ -326,9 +386,41 @@ class ServerProtocol:
     def _auth(self, arg: bytes) -> Event | None:
         return self._error(replies.NO_AUTH)
 
-    def _bdat(self, arg: bytes) -> Event | None:
-        # CHUNKING is not advertised, so BDAT is a command we do not implement.
-        return self._error(replies.NOT_IMPLEMENTED)
+    def _chunk(self, arg: bytes) -> Event | None:
+        try:
+            size, last, well_formed = parse_bdat(arg)
+        except BadChunkSize:
+            # Where its chunk ends is unknown: nothing after it can be read as a command.
+            self.errors += 1
+            self._out += replies.BDAT_UNFRAMED
+            self.close()
+            return Close("unframeable BDAT")
+        refusal = None
+        if not well_formed:
+            refusal = replies.SYNTAX_BDAT
+        elif self.helo is None:
+            refusal = replies.NEED_HELO
+        elif self.mail is None:
+            refusal = replies.NEED_MAIL
+        elif self._void:
+            refusal = replies.UPSTREAM_LOST
+        elif not self.accepted:
+            refusal = replies.NO_VALID_RECIPIENTS
+        if refusal is not None:
+            self._throw_away(size)  # RFC 3030 §3: a refused chunk is still read
+            if refusal is replies.UPSTREAM_LOST:  # not the client's error
+                self._out += refusal
+                return None
+            return self._error(refusal)
+        self._bdat = True
+        return self._wait(Bdat(size, last))
+
+    def _throw_away(self, size: int) -> None:
+        buffered = self._lines.take()
+        if len(buffered) >= size:
+            self._lines.feed(buffered[size:])
+        else:
+            self._skip = size - len(buffered)
 
     def _quit(self, arg: bytes) -> Event | None:
         self._out += replies.CLOSING
@@ -368,6 +460,8 @@ class ServerProtocol:
         self.mail = None
         self.mail_params = {}
         self.accepted = 0
+        self._void = False
+        self._bdat = False
 
     def _error(self, reply: bytes) -> Event | None:
         self.errors += 1
@@ -391,7 +485,7 @@ _HANDLERS = {
     b"VRFY": ServerProtocol._vrfy,
     b"EXPN": ServerProtocol._expn,
     b"AUTH": ServerProtocol._auth,
-    b"BDAT": ServerProtocol._bdat,
+    b"BDAT": ServerProtocol._chunk,
     b"QUIT": ServerProtocol._quit,
     b"STARTTLS": ServerProtocol._starttls,
 }

@@ -1,0 +1,166 @@
+"""BDAT through the relay machine (RFC 3030, SPEC §2 BDAT row), no sockets.
+
+Towards an upstream with CHUNKING each chunk goes out as a BDAT of its own
+and the upstream's replies come back in order; towards one without, the
+chunks become one dot-stuffed DATA body. A refused chunk is read and thrown
+away; an upstream that refuses a middle chunk has that reply repeated for
+every later chunk (RFC 3030 §4.2); the size limit counts across chunks.
+"""
+
+from __future__ import annotations
+
+from tests.relay.test_relay_conversations import A, GO_AHEAD, QUEUED, bound, body
+from tests.support.playbook import FakeLink, Playbook, machine, reply
+from willi import replies
+from willi.errors import UpstreamLost
+from willi.records import TransactionRecord
+from willi.relay import State
+from willi.relay import commands as c
+from willi.relay import events as e
+
+CHUNKING = {"PIPELINING": "", "8BITMIME": "", "SMTPUTF8": "", "CHUNKING": ""}
+CHUNK_OK = b"250 2.0.0 Ok: 6 octets\r\n"
+
+
+def chunking(pb: Playbook) -> FakeLink:
+    return bound(pb, link=FakeLink(A, capabilities=dict(CHUNKING)))
+
+
+def test_chunks_stream_as_bdat_to_an_upstream_with_chunking_replies_in_order() -> None:
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(7, False) << c.Send((b"BDAT 7\r\n",)) << c.ReadBody()
+            >> body(b"hello\r") << c.SendBody(b"hello\r")  # framed by size: a CR here ends nothing
+            >> body(b"\nBDAT 3 LAST\r\n") << c.SendBody(b"\n") << c.FeedClient(b"BDAT 3 LAST\r\n")
+            >> reply(CHUNK_OK) << c.Answer(CHUNK_OK, True)
+            >> e.ClientBdat(3, True) << c.Send((b"BDAT 3\r\n",)) << c.ReadBody()
+            >> body(b"ok\n") << c.DropLink(abort=True, reusable=False) << c.BodyDone(replies.BAD_BODY))
+
+
+def test_the_last_chunks_reply_is_the_messages_and_is_recorded_as_chunking() -> None:
+    # LAST goes up only once the chunk's last byte is in: "BDAT n", then "BDAT 0 LAST".
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(4, True) << c.Send((b"BDAT 4\r\n",)) << c.ReadBody()
+            >> body(b"hi\r\n") << c.SendBody(b"hi\r\n") << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
+            >> reply(CHUNK_OK)
+            >> reply(QUEUED) << c.BodyDone(QUEUED))
+    txn = pb.records[-1]
+    assert isinstance(txn, TransactionRecord) and (txn.status, txn.chunking, txn.size) == ("sent", True, 4)
+
+
+def test_bdat_0_last_ends_the_message_at_once() -> None:
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(0, True) << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
+            >> reply(QUEUED) << c.BodyDone(QUEUED))
+
+
+def test_without_chunking_upstream_the_chunks_become_one_dot_stuffed_data_body() -> None:
+    pb = Playbook()
+    bound(pb)
+    assert (pb
+            >> e.ClientBdat(7, False) << c.Send((b"DATA\r\n",))
+            >> reply(GO_AHEAD) << c.ReadBody()
+            >> body(b".hello\r") << c.SendBody(b"..hello") << c.Answer(replies.chunk_received(7), True)
+            >> e.ClientBdat(2, True) << c.ReadBody()
+            >> body(b"\n.") << c.SendBody(b"\r\n..") << c.SendBody(b"\r\n.\r\n") << c.Send((), c.DATA_TIMEOUT)
+            >> reply(QUEUED) << c.BodyDone(QUEUED))
+
+
+def test_translated_chunks_end_with_crlf_dot_crlf_and_the_final_reply_is_relayed() -> None:
+    pb = Playbook()
+    bound(pb)
+    assert (pb
+            >> e.ClientBdat(3, False) << c.Send((b"DATA\r\n",))
+            >> reply(GO_AHEAD) << c.ReadBody()
+            >> body(b"a\r\n") << c.SendBody(b"a\r\n") << c.Answer(replies.chunk_received(3), True)
+            >> e.ClientBdat(4, True) << c.ReadBody()
+            >> body(b".b\r\n") << c.SendBody(b"..b\r\n") << c.SendBody(b".\r\n") << c.Send((), c.DATA_TIMEOUT)
+            >> reply(QUEUED) << c.BodyDone(QUEUED))
+
+
+def test_a_refused_data_at_translation_is_each_chunks_answer_and_its_bytes_are_thrown_away() -> None:
+    refused = b"554 5.7.0 No\r\n"
+    pb = Playbook()
+    bound(pb)
+    assert (pb
+            >> e.ClientBdat(2, False) << c.Send((b"DATA\r\n",))
+            >> reply(refused) << c.ReadBody()
+            >> body(b"ab") << c.Answer(refused, False)
+            >> e.ClientBdat(2, True) << c.ReadBody()
+            >> body(b"cd") << c.BodyDone(refused))
+
+
+def test_an_upstream_that_rejects_a_middle_chunk_has_every_later_chunk_answered_with_it() -> None:
+    reject = b"552 5.3.4 Chunk too big for me\r\n"
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(2, False) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+            >> body(b"ab") << c.SendBody(b"ab")
+            >> reply(reject) << c.Send((b"RSET\r\n",)) << c.Answer(reject, False)
+            >> e.ClientBdat(2, False) << c.ReadBody()
+            >> body(b"cd") << c.Answer(reject, False)
+            >> e.ClientBdat(2, True) << c.ReadBody()
+            >> body(b"ef") << c.BodyDone(reject))
+
+
+def test_the_size_limit_counts_across_chunks() -> None:
+    pb = Playbook(machine(max_size=5))
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(3, False) << c.Send((b"BDAT 3\r\n",)) << c.ReadBody()
+            >> body(b"ab\n"[:2] + b"c") << c.SendBody(b"abc")
+            >> reply(b"250 2.0.0 Ok\r\n") << c.Answer(b"250 2.0.0 Ok\r\n", True)
+            >> e.ClientBdat(3, True) << c.Send((b"BDAT 3\r\n",)) << c.ReadBody()
+            >> body(b"def") << c.DropLink(abort=True, reusable=False) << c.BodyDone(replies.MESSAGE_TOO_BIG))
+
+
+def test_a_client_vanishing_mid_chunk_aborts_the_upstream_before_last_or_a_dot() -> None:
+    for caps in (dict(CHUNKING), {"PIPELINING": ""}):
+        pb = Playbook()
+        bound(pb, link=FakeLink(A, capabilities=caps))
+        pb >> e.ClientBdat(100, True)
+        pb.relay.handle(pb.script[-1][0], 1.0)
+        pb.script.pop()
+        if pb.relay.state is State.CHUNK_DATA_SENT:
+            pb.relay.handle(reply(GO_AHEAD), 2.0)
+        pb.relay.handle(body(b"half"), 3.0)
+        assert pb.relay.handle(e.ClientGone("client lost"), 4.0)[0] == c.DropLink(abort=True, reusable=False)
+
+
+def test_an_upstream_lost_while_a_translated_chunk_streams_fails_the_chunk() -> None:
+    pb = Playbook()
+    bound(pb)
+    assert (pb
+            >> e.ClientBdat(4, True) << c.Send((b"DATA\r\n",))
+            >> reply(GO_AHEAD) << c.ReadBody()
+            >> body(b"ab") << c.SendBody(b"ab")
+            >> e.UpstreamLost(UpstreamLost("gone")) << c.DropLink(abort=True, reusable=False)
+            >> body(b"cd") << c.BodyDone(replies.UPSTREAM_LOST))
+
+
+def test_an_rset_between_translated_chunks_aborts_the_upstream_never_types_rset_into_the_body() -> None:
+    pb = Playbook()
+    bound(pb)
+    assert (pb
+            >> e.ClientBdat(2, False) << c.Send((b"DATA\r\n",))
+            >> reply(GO_AHEAD) << c.ReadBody()
+            >> body(b"ab") << c.SendBody(b"ab") << c.Answer(replies.chunk_received(2), True)
+            >> e.ClientReset() << c.DropLink(abort=True, reusable=False))
+
+
+def test_a_refused_last_chunk_is_the_final_reply_and_the_bdat_0_last_reply_is_swallowed() -> None:
+    reject = b"554 5.6.0 Content refused\r\n"
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(2, True) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+            >> body(b"ab") << c.SendBody(b"ab") << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
+            >> reply(reject) << c.BodyDone(reject)
+            >> reply(b"503 5.5.1 Error: no transaction\r\n"))
+    assert pb.records[-1].status == "bounced"

@@ -1,0 +1,75 @@
+"""A fault inside one session ends that session only (issue 9 item 1), shown
+on real Session objects over socketpairs in one reactor: the faulty client
+hears 421 4.3.0 and is closed, the fault is reported once with its
+traceback, and the other session, served by the same reactor, goes on."""
+
+from __future__ import annotations
+
+import io
+import socket
+
+from tests.test_reactor import run_until
+from willi import replies
+from willi.cli import _router, dial_settings
+from willi.config import load_config
+from willi.context import Context
+from willi.log import Logger
+from willi.reactor import Reactor
+from willi.records import ListObserver
+from willi.relay import Relay
+from willi.session import Session
+from willi.upstream import Dialer
+from willi.workers import WorkerPool
+
+
+class Broken(Relay):
+    """A relay with a bug: what the issue's AttributeError was, injected."""
+
+    def handle(self, event, now):  # type: ignore[no-untyped-def]
+        raise AttributeError("'NoneType' object has no attribute 'write'")
+
+
+def received(sock: socket.socket, into: bytearray) -> bytearray:
+    try:
+        while chunk := sock.recv(65536):
+            into += chunk
+    except BlockingIOError:
+        pass
+    return into
+
+
+def test_a_fault_in_one_session_ends_it_with_421_and_the_other_session_goes_on() -> None:
+    config = load_config(None, {"WILLI_HOSTNAME": "willi.test", "WILLI_MAPPING_1": "static:127.0.0.1:9"})
+    logger = Logger(io.StringIO())
+    reactor = Reactor()
+    workers = WorkerPool(reactor, 1, 10)
+    observer = ListObserver()
+    ctx = Context(config, reactor, workers, _router(config, logger), Dialer(reactor, workers, dial_settings(config),
+                                                                            lambda verify: None, logger),
+                  logger, observer=observer)
+    pairs = [socket.socketpair() for _ in range(2)]
+    faulty, healthy = (Session(ctx, ours, ("192.0.2.1", 1000 + i)) for i, (ours, _) in enumerate(pairs))
+    faulty.relay = Broken(faulty.id, "192.0.2.1", 1000)
+    (_, faulty_client), (_, healthy_client) = pairs
+    for client in (faulty_client, healthy_client):
+        client.setblocking(False)
+    got_faulty, got_healthy = bytearray(), bytearray()
+    try:
+        faulty_client.sendall(b"EHLO a.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@d.test>\r\n")
+        run_until(reactor, lambda: faulty.closed and replies.SESSION_FAULT in received(faulty_client, got_faulty))
+        healthy_client.sendall(b"EHLO b.test\r\nNOOP\r\n")
+        run_until(reactor, lambda: received(healthy_client, got_healthy).endswith(replies.OK))
+    finally:
+        for ours, theirs in pairs:
+            theirs.close()
+        for session in (faulty, healthy):
+            session.close("test over")
+        workers.close()
+        reactor.close()
+    assert got_faulty.endswith(replies.SESSION_FAULT) and faulty.closed
+    assert got_healthy.startswith(b"220 willi.test") and got_healthy.endswith(replies.OK)
+    faults = [fields for name, fields in (r for r in observer.records if isinstance(r, tuple)) if name == "session_fault"]
+    assert len(faults) == 1 and faults[0]["session"] == faulty.id
+    assert "AttributeError" in faults[0]["traceback"] and "Traceback" in faults[0]["traceback"]
+    ends = [(r.session, r.reason) for r in observer.records if getattr(r, "event", None) == "disconnect"]
+    assert ends == [(faulty.id, "fault"), (healthy.id, "test over")]

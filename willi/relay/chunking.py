@@ -1,0 +1,170 @@
+"""BDAT (RFC 3030) in the relay machine: the chunk half of `Relay`'s
+transitions (the table itself is in machine.py).
+
+Towards an upstream that offers CHUNKING each chunk goes up as a BDAT of its
+own, its reply relayed in order; LAST goes up only once the last chunk's
+bytes are in ("BDAT n", then "BDAT 0 LAST"), so an upstream never sees LAST
+for a chunk the client may still abandon. Towards one that does not, the
+chunks become one DATA body on the fly (DotStuffer: dot-stuffed, a
+chunk-final CR held back, ended with CRLF.CRLF), each chunk but the last
+acknowledged by Willi. A refused chunk is still read and thrown away; after
+one, every later chunk hears the same reply (RFC 3030 §4.2) and LAST ends
+the transaction with it.
+"""
+
+from __future__ import annotations
+
+import willi.relay.commands as c
+import willi.relay.events as e
+from willi import replies
+from willi.records import UPSTREAM, WILLI
+from willi.relay.states import KINDS, State, demote_421
+from willi.smtp.bdat import ChunkScanner, DotStuffer
+from willi.smtp.body import TOO_BIG
+
+
+class Chunking:
+    """The BDAT handlers of Relay (a mixin: the state lives on the Relay)."""
+
+    def _on_bdat(self, event: e.ClientBdat) -> None:
+        txn, link = self.txn, self.link
+        assert txn is not None
+        self._remaining, self._last, self._early = event.size, event.last, None
+        self._this = event.size
+        if self._chunk is None:  # the first chunk of the transaction
+            txn.chunking = True
+            self._failure = None
+            self._chunk = ChunkScanner(self.max_size, self.strict_body)
+            if link is None or link.closed or not self.upstream_open:
+                self._failure = replies.UPSTREAM_LOST
+            elif "CHUNKING" not in link.capabilities:
+                self._stuffer = DotStuffer()
+                self.state = State.CHUNK_DATA_SENT
+                self._do(c.Send((b"DATA\r\n",)))
+                return
+        self._read_chunk()
+
+    def _read_chunk(self) -> None:
+        """Take the chunk's bytes now (sending its BDAT line first to a CHUNKING upstream)."""
+        if self._failure is None and self._stuffer is None:
+            # A LAST chunk goes up without LAST; "BDAT 0 LAST" follows once its
+            # last byte is in, so an upstream never sees LAST for a chunk the
+            # client may still abandon.
+            only_last = self._last and not self._remaining
+            self._last_pending = False
+            self._do(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
+                            c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
+        self.state = State.CHUNK
+        if self._remaining:
+            self._do(c.ReadBody())
+        else:
+            self._chunk_read()
+
+    def _on_chunk_go_ahead(self, event: e.UpstreamReplied) -> None:
+        reply = event.reply
+        if reply.code != 354:  # the client hears it for this chunk, and for every later one
+            if reply.code == 421:
+                self._drop(abort=True)
+            self._failure = demote_421(reply)
+        self._read_chunk()
+
+    def _on_chunk_go_ahead_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
+        self._drop(abort=True)
+        self._failure = event.error.reply
+        self._read_chunk()
+
+    def _on_chunk_bytes(self, event: e.BodyReceived) -> None:
+        buf, start, stop = event.buf, event.start, event.stop
+        upto = start + min(self._remaining, stop - start)
+        self._remaining -= upto - start
+        scanner = self._chunk
+        assert scanner is not None
+        if self._failure is None:
+            scanner.scan(buf, start, upto)
+            if self._last and not self._remaining:
+                scanner.finish()
+            if scanner.violation is not None:
+                too_big = scanner.violation is TOO_BIG
+                self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
+                self._do(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
+                self._drop(abort=True)  # never finish a refused message
+            elif self._stuffer is not None:
+                self._do(c.SendBody(self._stuffer.feed(memoryview(buf)[start:upto])))
+            elif upto > start:
+                self._do(c.SendBody(memoryview(buf)[start:upto]))
+        if upto < stop:
+            self._do(c.FeedClient(memoryview(buf)[upto:stop]))  # the next command, pipelined
+        if not self._remaining:
+            self._chunk_read()
+
+    def _chunk_read(self) -> None:
+        """The chunk's last byte is in."""
+        assert self._chunk is not None
+        if self._failure is not None:
+            self._chunk_answer(self._failure, WILLI)
+        elif self._stuffer is not None:
+            if self._last:
+                self._do(c.SendBody(self._stuffer.finish()))
+                self._size = self._chunk.size
+                self.state = State.FINAL
+                self._do(c.Send((), c.DATA_TIMEOUT))
+            else:
+                self._chunk_answer(replies.chunk_received(self._chunk.size), WILLI, accepted=True)
+        else:
+            self.state = State.CHUNK_SENT
+            if self._last and self._this and not self._last_pending:
+                self._last_pending = True  # the chunk's reply, then the message's
+                self._do(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
+            early, self._early = self._early, None
+            if isinstance(early, e.UpstreamReplied):
+                self._on_chunk_reply(early)
+
+    def _on_chunk_reply(self, event: e.UpstreamReplied) -> None:
+        reply = event.reply
+        if self._last_pending:  # the reply to the last chunk's bytes; "BDAT 0 LAST"'s follows
+            self._last_pending = False
+            if reply.positive:
+                return
+            self._ignore += 1  # its reply is not the client's to hear
+            if reply.code == 421:
+                self._drop(abort=True)
+            self._finish(demote_421(reply), UPSTREAM, self._chunk.size if self._chunk else 0)
+            return
+        if reply.code == 421:
+            self._drop(abort=True)
+        elif not reply.positive and not self._last and self.link is not None:
+            self._ignore += 1  # a refused middle chunk: the upstream's transaction is reset
+            self._do(c.Send((b"RSET\r\n",)))
+        raw = demote_421(reply)
+        if not reply.positive:
+            self._failure = raw  # and every later chunk hears the same (RFC 3030 §4.2)
+        self._chunk_answer(raw, UPSTREAM, accepted=reply.positive)
+
+    def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
+        self._drop(abort=True)
+        self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._failure = event.error.reply
+        self._chunk_answer(self._failure, WILLI)
+
+    def _on_early(self, event: e.Event) -> None:
+        """The upstream answered before the chunk was all sent: keep it for then."""
+        if isinstance(event, (e.UpstreamFailed, e.UpstreamLost)):
+            self._drop(abort=True)
+            self._failure = event.error.reply
+        else:
+            self._early = event
+
+    def _on_chunk_stalled(self, event: e.TimerFired) -> None:
+        self._do(c.Notice("upstream_failed", "warning", (("error", "upstream stopped reading the body"),)))
+        self._drop(abort=True)
+        if self._failure is None:
+            self._failure = replies.UPSTREAM_TIMEOUT
+
+    def _chunk_answer(self, reply: bytes, src: str, accepted: bool = False) -> None:
+        """The reply to this chunk; LAST's is the message's final reply."""
+        if self._last:
+            self._size = self._chunk.size if self._chunk is not None else 0
+            self._finish(reply, src, self._size)
+            return
+        self.state = State.IDLE
+        self._do(c.Answer(reply, accepted))

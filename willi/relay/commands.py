@@ -1,0 +1,121 @@
+"""What the relay machine asks for: typed commands out (mitmproxy's
+commands.py). The session executes them in order and does nothing else on
+the relay's behalf; tests compare them with the expected conversation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from willi.routing import Route
+from willi.smtp.address import Address
+
+COMMAND_TIMEOUT = "command"  # WILLI_UPSTREAM_COMMAND_TIMEOUT
+DATA_TIMEOUT = "data"  # WILLI_UPSTREAM_DATA_TIMEOUT: the final reply after a body
+
+
+class Command:
+    __slots__ = ()
+
+
+# --- the client -----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Answer(Command):
+    """Finish the client's pending RCPT or DATA with `reply`."""
+
+    reply: bytes
+    accepted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBody(Command):
+    """The 354 is out, or a BDAT chunk is to be read: client bytes now go to
+    the relay as BodyReceived, starting with what the client pipelined behind
+    the command."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyDone(Command):
+    """The message is over: answer the end of data with `reply`; client bytes
+    go back to the command protocol."""
+
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FeedClient(Command):
+    """Bytes the client sent after its end of data: commands again."""
+
+    data: Any  # memoryview of the BodyReceived buffer
+
+
+@dataclass(frozen=True, slots=True)
+class EndClientTransaction(Command):
+    """The upstream is gone: the client's transaction is void (a new MAIL
+    needs no RSET)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartClientTLS(Command):
+    """Run the client's TLS handshake (its 220 is already queued)."""
+
+
+# --- routing and the upstream --------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class LookUp(Command):
+    """Route `address`; RouteAnswered follows."""
+
+    address: Address
+
+
+@dataclass(frozen=True, slots=True)
+class Dial(Command):
+    """Get a link for `route` (from the pool or new); LinkReady or DialFailed follows."""
+
+    route: Route
+
+
+@dataclass(frozen=True, slots=True)
+class Send(Command):
+    """Commands for the upstream, pipelined in one write; one reply each
+    follows, in order (UpstreamReplied or UpstreamFailed). With `lines` empty,
+    only wait for one more reply (the final reply after a body)."""
+
+    lines: tuple[bytes, ...]
+    timeout: str = COMMAND_TIMEOUT
+
+
+@dataclass(frozen=True, slots=True)
+class SendBody(Command):
+    """Message bytes: no reply expected for them."""
+
+    data: Any  # bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class DropLink(Command):
+    """Let the link go: aborted (RST: a command or a body is in flight, so no
+    dot or QUIT may follow), quit (QUIT: a transaction is open upstream, so it
+    must not be parked), or released (parked for reuse, or QUIT). Cancels a
+    dial in flight too."""
+
+    abort: bool
+    reusable: bool = True
+
+
+# --- telling ----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Emit(Command):
+    """Hand `record` (RecipientRecord, TransactionRecord) to the Observer."""
+
+    record: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notice(Command):
+    """An Observer event: `name` with `fields` (body_refused, upstream_failed)."""
+
+    name: str
+    level: str
+    fields: tuple[tuple[str, object], ...]

@@ -1,0 +1,40 @@
+"""The relay's states, its error, and the small pure helpers both halves of
+the machine share (machine.py: RCPT, DATA and the body; chunking.py: BDAT)."""
+
+from __future__ import annotations
+
+import enum
+
+from willi.errors import WilliError
+from willi.smtp.reply import Reply
+
+class RelayError(WilliError):
+    """An event the transition table does not allow in the current state."""
+
+
+class State(enum.Enum):
+    IDLE = "idle"  # no command pending; an upstream transaction may be open
+    ROUTING = "routing"  # a RCPT waits for its route
+    DIALING = "dialing"  # ... for a link
+    MAIL_SENT = "mail sent"  # ... for the MAIL reply (the RCPT may be pipelined behind it)
+    RCPT_SENT = "rcpt sent"  # ... for the RCPT reply
+    DATA_SENT = "data sent"  # DATA waits for the 354
+    BODY = "body"  # the body streams upstream
+    DRAIN = "drain"  # the body is refused or its upstream gone: read it to its end
+    FINAL = "final"  # the end of data is upstream: its final reply is awaited
+    CHUNK_DATA_SENT = "chunk data sent"  # BDAT to DATA: the DATA waits for its 354
+    CHUNK = "chunk"  # a BDAT chunk is read (streamed, translated or thrown away)
+    CHUNK_SENT = "chunk sent"  # the chunk is upstream: its reply is awaited
+    CLOSED = "closed"
+
+
+def demote_421(reply: Reply) -> bytes:
+    """An upstream 421 closes *its* connection, not the client's: the client
+    gets the same text as a 451 (SPEC §7)."""
+    if reply.code != 421:
+        return reply.raw
+    return b"".join(b"451" + line[3:] + b"\r\n" for line in reply.lines)
+
+
+# DataScanner's and ChunkScanner's reasons, as body_refused's kind=.
+KINDS = {"size": "too_big", "bare CR or LF": "bare_lf", "NUL": "nul"}
