@@ -39,5 +39,5 @@ def test_exim_delivers_through_willi_with_bdat(setup, kind):
     # Exim adds its Received: and Message-ID: headers; the rest is the message, in CRLF.
     assert message.body.endswith(MESSAGE.split(b"\n\n", 1)[1].replace(b"\n", b"\r\n"))
     record = willi.wait_for_log(lambda r: r.get("event") == "transaction" and r.get("rcpts") == rcpt)
-    assert record["result"] == "250" and record.get("chunking") == "true", record  # Exim used BDAT
+    assert record["code"] == "250" and record.get("chunking") == "true", record  # Exim used BDAT
     assert "=> rcpt@" in exim.mainlog() and "K" in exim.mainlog().split("=> " + rcpt)[1].splitlines()[0]

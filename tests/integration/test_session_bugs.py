@@ -51,7 +51,7 @@ def test_a_half_closed_client_gets_every_reply_and_the_message_is_delivered_once
     (message,) = upstream.wait_for_messages(1)
     assert message.body == BODY
     record = willi.wait_for_log(lambda r: r.get("event") == "transaction")
-    assert record["result"] == "250" and "aborted" not in record
+    assert record["code"] == "250" and "aborted" not in record
 
 
 def test_a_half_close_without_quit_still_gets_the_final_reply(launch):
