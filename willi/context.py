@@ -74,8 +74,7 @@ class Context:
         self.router = router
         self.dialer = dialer
         self.logger = logger
-        self.observer = observer or Observer(logger)  # log lines and metrics (willi.observe)
-        self.metrics = self.observer.metrics
+        self.observer = observer if observer is not None else Observer(logger)  # logs and metrics
         reactor.on_fault = self._fault
         self.draining = False
         self.open_sessions = 0
