@@ -69,7 +69,7 @@ class Relay(Chunking):
         self._fresh = True  # the link was just dialled: a failed MAIL is not a stale pooled link
         self._pipelined = False
         self._mail_refused: Reply | None = None
-        self._ignore = 0  # replies still due to commands nobody waits for (RSET)
+        self._ignore = 0  # replies the bound link still owes to commands nobody waits for (RSET)
         self._scanner: DataScanner | None = None
         self._held = b""  # a chunk-final CR not yet forwarded
         self._failure: bytes | None = None  # the reply for a body that will not be delivered
@@ -155,6 +155,7 @@ class Relay(Chunking):
         self._do(c.Dial(route))
 
     def _on_link(self, event: e.LinkReady) -> None:
+        assert not self._ignore, "a new link owes no reply"
         self.link = event.link
         self._send_envelope(fresh=not event.link.reused)
 
@@ -353,8 +354,7 @@ class Relay(Chunking):
 
     # --- the upstream going away outside a command ----------------------------
     def _on_idle_lost(self, event: e.UpstreamLost) -> None:
-        self.link = None
-        self.upstream_open = False
+        self._let_go()
         if self.txn is not None and self.txn.accepted:
             # The recipients it accepted are void: the transaction is over, and
             # the client protocol answers its RCPT and DATA with 451 until MAIL.
@@ -365,8 +365,7 @@ class Relay(Chunking):
     def _on_lost_while_routing(self, event: e.UpstreamLost) -> None:
         """The route's answer decides: bound recipients make it a lost
         transaction, none make it a fresh dial."""
-        self.link = None
-        self.upstream_open = False
+        self._let_go()
 
     def _on_nothing(self, event: e.Event) -> None:
         """Late news for a state that no longer cares (a stall timer after the body)."""
@@ -438,8 +437,15 @@ class Relay(Chunking):
     def _drop(self, abort: bool) -> None:
         if self.link is not None or self.state is State.DIALING or abort:
             self._do(c.DropLink(abort, reusable=not self.upstream_open))
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """The link is no longer ours: nothing of it is open, and the replies
+        it still owes (an RSET's) are not counted against the next link, since
+        the session drops every reply of a link the relay let go."""
         self.link = None
         self.upstream_open = False
+        self._ignore = 0
 
 
 
