@@ -215,6 +215,9 @@ class Session:
             self.close("TLS handshake failed")
             return
         self.client_tls = f"{engine.version} {engine.cipher}"
+        # Counted by willi_tls_handshakes_total{side="client"}.
+        self.ctx.observer.event("tls_established", level="debug", session=self.id, side="client",
+                                resumed=bool(getattr(engine, "session_reused", False)))
         self.proto.tls_started()
         self.pump()
 

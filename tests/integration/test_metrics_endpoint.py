@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.client
 import smtplib
 import socket
+import ssl
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -214,3 +215,41 @@ def test_upstream_failures_are_counted_by_target(launch) -> None:
     after = samples(metrics_port)
     assert delta(before, after, "willi_upstream_failures_total", target=f"smtp://127.0.0.1:{down}") == 1
     assert delta(before, after, "willi_transactions_total", status="deferred") == 1
+
+
+def test_client_starttls_handshakes_are_counted_and_a_failed_one_is_not(launch, pki) -> None:
+    upstream = launch.upstream()
+    metrics_port = free_port()
+    willi = launch.willi({"WILLI_MAPPING_1": f"static:127.0.0.1:{upstream.port}",
+                          "WILLI_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+                          "WILLI_TLS_CERT": str(pki.willi_cert), "WILLI_TLS_KEY": str(pki.willi_key)})
+    before = samples(metrics_port)
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    for number in range(2):  # two clients say STARTTLS, finish the handshake and deliver
+        with smtplib.SMTP(willi.host, willi.port, local_hostname="client.test", timeout=10) as smtp:
+            smtp.ehlo()
+            assert smtp.starttls(context=context)[0] == 220
+            smtp.ehlo()
+            assert smtp.sendmail(SENDER, [f"tls{number}@a.test"], BODY) == {}
+    # A third says STARTTLS and then sends bytes that are no ClientHello.
+    client = CountingClient(willi.port)
+    assert client.say(b"EHLO client.test\r\n").startswith(b"250")
+    assert client.say(b"STARTTLS\r\n").startswith(b"220")
+    client.sock.sendall(b"this is not TLS\r\n" * 4)
+    read_to_eof(client.sock)
+    upstream.wait_for_messages(2)
+
+    def failure_counted() -> Samples | None:
+        now = samples(metrics_port)
+        return now if delta(before, now, "willi_tls_failures_total", side="client") >= 1 else None
+
+    after = wait_until(failure_counted, 5.0, 0.02, "the failed handshake counted")
+    assert delta(before, after, "willi_tls_handshakes_total", side="client") == 2
+    assert delta(before, after, "willi_tls_failures_total", side="client") == 1
+
+
+def read_to_eof(sock: socket.socket) -> None:
+    """Willi ends the session (an alert, then EOF); the socket's timeout bounds the wait."""
+    while sock.recv(4096):
+        pass
+    sock.close()
