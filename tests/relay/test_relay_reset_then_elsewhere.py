@@ -1,4 +1,5 @@
-"""A reset transaction, then one routed to another upstream, without a socket.
+"""A reset transaction, then one routed to another upstream, without a socket
+(and the same after the RSET that follows a refused middle BDAT chunk).
 
 The fuzzer's input 8444 of seed 20261201 (tests/fuzz/test_fuzz_findings.py,
 "reset-then-pipelined-second-transaction"): the client pipelines its first
@@ -65,3 +66,29 @@ def test_after_a_reset_a_transaction_routed_to_another_upstream_hears_its_own_re
             >> reply(QUEUED) << c.BodyDone(QUEUED))
     *_, transaction = pb.records
     assert (transaction.upstream, transaction.accepted, transaction.code) == ("smtp://b.test", ("user@b.test",), 250)
+
+
+def test_after_a_refused_middle_chunk_the_next_transaction_elsewhere_hears_its_own_replies() -> None:
+    # The other reply nobody waits for: the RSET after a refused middle BDAT
+    # chunk (RFC 3030 §4.2), still owed by A when the next transaction goes to B.
+    reject = b"552 5.3.4 Chunk too big for me\r\n"
+    chunking = {"PIPELINING": "", "8BITMIME": "", "SMTPUTF8": "", "CHUNKING": ""}
+    pb = Playbook()
+    first, second = "fz7@origin.test", "fz0@origin.test"
+    assert (pb
+            >> rcpt("other@a.test", first) << c.LookUp(addr("other@a.test"))
+            >> e.RouteAnswered(A) << c.Dial(A)
+            >> e.LinkReady(FakeLink(A, capabilities=chunking)) << c.Send((mail(first), rcpt_line("other@a.test")))
+            >> reply(OK_MAIL)
+            >> reply(OK_RCPT) << c.Answer(OK_RCPT, True)
+            >> e.ClientBdat(2, False) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+            >> e.BodyReceived(b"ab", 0, 2) << c.SendBody(b"ab")
+            >> reply(reject) << c.Send((b"RSET\r\n",)) << c.Answer(reject, False)
+            >> e.ClientBdat(2, True) << c.ReadBody()
+            >> e.BodyReceived(b"cd", 0, 2) << c.BodyDone(reject))
+    assert (pb
+            >> rcpt("user@b.test", second) << c.LookUp(addr("user@b.test"))
+            >> e.RouteAnswered(B) << c.DropLink(abort=False) << c.Dial(B)
+            >> e.LinkReady(FakeLink(B)) << c.Send((mail(second), rcpt_line("user@b.test")))
+            >> reply(OK_MAIL)
+            >> reply(OK_RCPT) << c.Answer(OK_RCPT, True))
