@@ -4,11 +4,14 @@ and the upstream session cache keeps one per target, bounded."""
 
 from __future__ import annotations
 
+import io
 import ssl
 
 import pytest
 
 from tests.support.certs import Pki
+from willi.log import Logger
+from willi.observe import Observer
 from willi.tls import SERVER_TICKETS, TLSEngine, client_context, server_context
 from willi.upstream.tls_sessions import SessionCache, resumable
 
@@ -183,3 +186,15 @@ def test_cache_refuses_expired_and_unresumable_sessions(
     now[0] = session.time + session.timeout
     assert cache.get("mx", context) is None and len(cache) == 0
     assert not cache.put("mx", context, session)  # expired: not kept either
+
+
+def test_handshakes_are_counted_by_side_and_resumed() -> None:
+    observer = Observer(Logger(stream=io.StringIO()))
+    observer.event("tls_established", level="debug", side="upstream", resumed=True)
+    observer.event("tls_established", level="debug", side="upstream", resumed=False)
+    observer.event("tls_established", level="debug", side="upstream", resumed=True)
+    observer.event("tls_established", side="client")  # a producer that does not say
+    counter = observer.metrics.tls_handshakes
+    assert counter.value("upstream", "true") == 2
+    assert counter.value("upstream", "false") == 1
+    assert counter.value("client", "false") == 1
