@@ -97,6 +97,27 @@ def test_a_ticket_the_upstream_no_longer_honours_falls_back_to_a_full_handshake(
     assert not upstream.tls_errors
 
 
+def test_a_failed_handshake_forgets_the_targets_session(launch, pki: Pki):
+    """The upstream's certificate fails verification once: the kept session is
+    dropped, so when the upstream is back with its old context (the same ticket
+    keys, which would have honoured it) the next handshake is a full one."""
+    good = server_context(pki.upstream_cert, pki.upstream_key)
+    upstream = launch._stack.enter_context(TlsScriptableUpstream(tls_context=good))
+    willi = start_willi(launch, pki, upstream.port)
+    relay_one(willi, "example.org")
+    relay_one(willi, "example.org")
+    upstream.tls_context = server_context(pki.untrusted_cert, pki.untrusted_key)
+    with smtplib.SMTP(willi.host, willi.port, local_hostname="client.test", timeout=30) as smtp:
+        smtp.ehlo()
+        assert smtp.mail("sender@example.net")[0] == 250
+        assert smtp.rcpt("refused@example.org")[0] == 451  # no usable upstream
+    willi.wait_for_log(lambda r: r.get("event") == "upstream_failed" and "TLS" in r.get("error", ""))
+    upstream.tls_context = good
+    relay_one(willi, "example.org")
+    relay_one(willi, "example.org")
+    assert upstream_handshakes(willi, 4) == ["false", "true", "false", "true"]
+
+
 # --- clients resuming with Willi ------------------------------------------------------
 def client_tls(willi: WilliProcess, context: ssl.SSLContext,
                session: ssl.SSLSession | None) -> tuple[bool, ssl.SSLSession]:
