@@ -19,6 +19,10 @@ import itertools
 import signal
 import smtplib
 import ssl
+from contextlib import ExitStack
+from typing import Callable, Iterator
+
+import pytest
 
 from tests.integration.test_tls_upstream import TlsScriptableUpstream, server_context
 from tests.support.certs import Pki
@@ -48,6 +52,13 @@ def upstream_handshakes(willi: WilliProcess, count: int) -> list[str]:
                  if r.get("event") == "tls_established" and r.get("side") == "upstream"]
         return found if len(found) >= count else None
     return [r["resumed"] for r in wait_until(lines, 10, 0.02, f"{count} upstream handshakes")[:count]]
+
+
+@pytest.fixture
+def tls_upstream(pki: Pki) -> Iterator[Callable[[ssl.SSLContext], TlsScriptableUpstream]]:
+    """A STARTTLS-capable ScriptableUpstream whose server context the test may swap."""
+    with ExitStack() as stack:
+        yield lambda context: stack.enter_context(TlsScriptableUpstream(tls_context=context))
 
 
 def start_willi(launch, pki: Pki, upstream_port: int, **extra: str) -> WilliProcess:
@@ -80,12 +91,11 @@ def test_resumption_off_makes_every_handshake_full(launch, pki: Pki):
     assert upstream_handshakes(willi, 3) == ["false", "false", "false"]
 
 
-def test_a_ticket_the_upstream_no_longer_honours_falls_back_to_a_full_handshake(launch, pki: Pki):
+def test_a_ticket_the_upstream_no_longer_honours_falls_back_to_a_full_handshake(launch, pki: Pki, tls_upstream):
     """The upstream restarts with new ticket keys (a new SSLContext): Willi's
     kept session is declined, the handshake is full, the message goes through,
     and the ticket of that handshake resumes the next one."""
-    upstream = launch._stack.enter_context(
-        TlsScriptableUpstream(tls_context=server_context(pki.upstream_cert, pki.upstream_key)))
+    upstream = tls_upstream(server_context(pki.upstream_cert, pki.upstream_key))
     willi = start_willi(launch, pki, upstream.port)
     relay_one(willi, "example.org")
     relay_one(willi, "example.org")
@@ -97,12 +107,12 @@ def test_a_ticket_the_upstream_no_longer_honours_falls_back_to_a_full_handshake(
     assert not upstream.tls_errors
 
 
-def test_a_failed_handshake_forgets_the_targets_session(launch, pki: Pki):
+def test_a_failed_handshake_forgets_the_targets_session(launch, pki: Pki, tls_upstream):
     """The upstream's certificate fails verification once: the kept session is
     dropped, so when the upstream is back with its old context (the same ticket
     keys, which would have honoured it) the next handshake is a full one."""
     good = server_context(pki.upstream_cert, pki.upstream_key)
-    upstream = launch._stack.enter_context(TlsScriptableUpstream(tls_context=good))
+    upstream = tls_upstream(good)
     willi = start_willi(launch, pki, upstream.port)
     relay_one(willi, "example.org")
     relay_one(willi, "example.org")
