@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import ssl
+from typing import Callable
 
 import pytest
 
@@ -186,6 +187,43 @@ def test_cache_refuses_expired_and_unresumable_sessions(
     now[0] = session.time + session.timeout
     assert cache.get("mx", context) is None and len(cache) == 0
     assert not cache.put("mx", context, session)  # expired: not kept either
+
+
+def test_after_a_resumed_handshake_the_kept_session_serves_again(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """Taking a session costs CPython a copy: a resumed handshake keeps the one it offered."""
+    context = contexts[0]
+    first, second = _sessions(contexts, 2)
+    cache = SessionCache()
+    taken: list[int] = []
+
+    def current(session: ssl.SSLSession | None) -> Callable[[], ssl.SSLSession | None]:
+        return lambda: taken.append(1) or session  # type: ignore[func-returns-value]
+
+    cache.completed("mx", context, None, False, current(first))  # the first, full handshake
+    assert cache.get("mx", context) is first and len(taken) == 1
+    cache.completed("mx", context, first, True, current(second))  # resumed: nothing taken
+    assert cache.get("mx", context) is first and len(taken) == 1
+    cache.completed("mx", context, first, False, current(second))  # declined after it served
+    assert cache.get("mx", context) is second and len(taken) == 2
+    cache.completed("mx", context, second, True, current(first))  # single-use now: always take
+    assert cache.get("mx", context) is first and len(taken) == 3
+    cache.completed("mx", context, first, False, current(None))  # nothing to take: forget
+    assert cache.get("mx", context) is None
+
+
+def test_a_session_past_half_its_lifetime_is_replaced_by_a_fresh_one(
+        contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    context = contexts[0]
+    old, fresh = _sessions(contexts, 2)
+    now = [float(old.time)]
+    cache = SessionCache(clock=lambda: now[0])
+    cache.put("mx", context, old)
+    cache.completed("mx", context, old, True, lambda: fresh)
+    assert cache.get("mx", context) is old  # young: kept
+    now[0] = old.time + old.timeout / 2
+    cache.completed("mx", context, old, True, lambda: fresh)
+    assert cache.get("mx", context) is fresh
 
 
 def test_handshakes_are_counted_by_side_and_resumed() -> None:

@@ -136,7 +136,7 @@ class DialAttempt:
 
     __slots__ = ("dialer", "route", "client", "client_tls", "reverse_name", "done",
                  "_targets", "_addresses", "_target", "_link", "_handshake", "_timer",
-                 "_tls_context", "cancelled", "errors")
+                 "_tls_context", "_tls_offered", "cancelled", "errors")
 
     def __init__(self, dialer: Dialer, route: Route, client: ClientInfo, client_tls: bool,
                  reverse_name: Callable[[Callable[[str], None]], None],
@@ -153,6 +153,7 @@ class DialAttempt:
         self._handshake: hs.Handshake | None = None
         self._timer: Timer | None = None
         self._tls_context: ssl.SSLContext | None = None  # the context of this target's handshake
+        self._tls_offered: ssl.SSLSession | None = None  # the session it offered to resume
         self.cancelled = False
         self.errors: list[str] = []
         try:
@@ -285,6 +286,7 @@ class DialAttempt:
         if self.dialer.settings.tls_resume:
             session = self.dialer.tls_sessions.get(self._session_key(), context)
         self._tls_context = context
+        self._tls_offered = session
         self._timer = self.dialer.reactor.call_later(self.dialer.settings.command_timeout, self._tls_timeout)
         try:
             self._link.start_tls(context, self._tls_done, session)
@@ -328,8 +330,9 @@ class DialAttempt:
         link.credentials = self.dialer.credentials if greeted.authenticated else None
         if link.tls is not None and self._tls_context is not None and self.dialer.settings.tls_resume:
             # The first reply after the handshake has been read, so a TLS 1.3
-            # server's tickets (sent before it) have arrived: keep the newest.
-            self.dialer.tls_sessions.put(self._session_key(), self._tls_context, link.tls_session)
+            # server's tickets (sent before it) have arrived (tls_sessions.py).
+            self.dialer.tls_sessions.completed(self._session_key(), self._tls_context, self._tls_offered,
+                                               link.tls_resumed, lambda: link.tls_session)
         self.dialer.health.succeeded(self._target)
         self.done(link, "")
 

@@ -24,6 +24,16 @@ handshake has been read (the EHLO reply after STARTTLS, the greeting with
 implicit TLS): the server writes its tickets before it answers, so they have
 been processed by then. `resumable()` checks that a ticket (or, under TLS
 1.2, a session id) is there.
+
+Taking a session is not free in CPython: under TLS 1.3 the `session` getter
+copies it (a serialise/parse round trip that parses the peer certificate
+again, about 0.2 ms, as much as resuming saves in the handshake). So after a
+resumed handshake the kept session stays and is offered again, as long as it
+is younger than half its lifetime; a new one is taken after a full handshake,
+for an old one, and always for a target that declined a session it had
+accepted before (single-use tickets, RFC 8446 §8.1, or rotated keys). Reusing
+a ticket lets an observer link the connections (RFC 8446 §C.4), which between
+a proxy and its own upstreams tells nothing the addresses do not.
 """
 
 from __future__ import annotations
@@ -42,6 +52,16 @@ def resumable(session: ssl.SSLSession | None) -> bool:
     return session is not None and (session.has_ticket or bool(session.id))
 
 
+class _Entry:
+    __slots__ = ("context", "session", "uses", "single_use")
+
+    def __init__(self, context: ssl.SSLContext, session: ssl.SSLSession, single_use: bool) -> None:
+        self.context = context
+        self.session = session
+        self.uses = 0  # handshakes that resumed it
+        self.single_use = single_use  # the target declined it once after accepting it
+
+
 class SessionCache:
     """An LRU of (context, SSLSession) per key; all calls on the reactor thread."""
 
@@ -53,8 +73,7 @@ class SessionCache:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self._clock = clock  # wall clock: SSLSession.time is seconds since the epoch
-        self._entries: collections.OrderedDict[Hashable, tuple[ssl.SSLContext, ssl.SSLSession]] = (
-            collections.OrderedDict())
+        self._entries: collections.OrderedDict[Hashable, _Entry] = collections.OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -64,23 +83,37 @@ class SessionCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        stored_context, session = entry
-        if stored_context is not context or self._expired(session):
+        if entry.context is not context or self._expired(entry.session):
             del self._entries[key]
             return None
         self._entries.move_to_end(key)
-        return session
+        return entry.session
 
-    def put(self, key: Hashable, context: ssl.SSLContext, session: ssl.SSLSession | None) -> bool:
+    def put(self, key: Hashable, context: ssl.SSLContext, session: ssl.SSLSession | None,
+            single_use: bool = False) -> bool:
         """Keep session for key (replacing the older one); False if it cannot resume."""
-        if not resumable(session) or self._expired(session):  # type: ignore[arg-type]
+        if session is None or not resumable(session) or self._expired(session):
             return False
-        assert session is not None
-        self._entries[key] = (context, session)
+        self._entries[key] = _Entry(context, session, single_use)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return True
+
+    def completed(self, key: Hashable, context: ssl.SSLContext, offered: ssl.SSLSession | None,
+                  resumed: bool, current: Callable[[], ssl.SSLSession | None]) -> None:
+        """A handshake for key finished (and its first reply was read): keep the
+        offered session if it resumed and may serve again, else take `current()`."""
+        entry = self._entries.get(key)
+        ours = entry is not None and offered is not None and entry.session is offered
+        if resumed and ours and entry is not None and not entry.single_use \
+                and not self._aging(entry.session):
+            entry.uses += 1
+            return
+        declined_again = ours and entry is not None and not resumed and entry.uses > 0
+        single_use = declined_again or (entry is not None and entry.single_use)
+        if not self.put(key, context, current(), single_use):
+            self._entries.pop(key, None)
 
     def drop(self, key: Hashable) -> None:
         """Forget key's session (its handshake failed)."""
@@ -91,3 +124,7 @@ class SessionCache:
 
     def _expired(self, session: ssl.SSLSession) -> bool:
         return session.time + session.timeout <= self._clock()
+
+    def _aging(self, session: ssl.SSLSession) -> bool:
+        """Past half its lifetime: time to take the fresher one the server sent."""
+        return session.time + session.timeout / 2 <= self._clock()
