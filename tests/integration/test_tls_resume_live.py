@@ -159,7 +159,7 @@ def test_a_client_resumes_its_session_and_a_sighup_declines_old_tickets(launch, 
     assert reused
 
     willi.signal(signal.SIGHUP)  # the certificate is loaded again: a new context
-    willi.wait_for_log(lambda r: r.get("event") == "reloading")
+    willi.wait_for_log(lambda r: r.get("event") == "reloaded")
     reused, session = client_tls(willi, context, session)
     assert not reused  # declined, and the handshake still completed
     reused, _ = client_tls(willi, context, session)
