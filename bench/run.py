@@ -102,7 +102,9 @@ def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
     """The configurations a workload runs: W4 has no `direct`, W5 its TLS variants,
     W6 and W7 Willi's alone, and willi-nopool runs W1 and W2 only."""
     if wl.tls:
-        return [setups.TLS_NAMES[s] for s in chosen if s in setups.TLS_NAMES]
+        return [setups.TLS_NAMES[s] for s in chosen if s in setups.TLS_NAMES
+                and (s not in setups.RESUME_SETUPS or wl.key in setups.RESUME_WORKLOADS)]
+    chosen = [s for s in chosen if s not in setups.RESUME_SETUPS or s == "willi-nopool"]
     if wl.mapping != "csv" or wl.kind == "table":
         return [s for s in chosen if s in setups.WILLI_SETUPS]
     if wl.key not in setups.POOL_WORKLOADS:
@@ -198,7 +200,7 @@ def tls_setup(registry: Registry, wl: Workload, setup: str, rundir: Path, sink_p
         helpers.append(proc)
     running = setups.start_tls_setup(setup, registry, rundir, upstream, opts)
     proc, port, res.commands["tls client relay"] = setups.start_tls_relay(
-        registry, rundir, "client", running.port, opts)
+        registry, rundir, "client", running.port, opts, resume=setup in setups.CLIENT_RESUME_SETUPS)
     helpers.append(proc)
     res.commands["load port"] = str(port)
     return running
@@ -316,9 +318,16 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         "mail proxy speaks plaintext to its backend, so it does one TLS side less). HAProxy "
         "is not run: it cannot speak STARTTLS. W5-W1 runs 5,000 messages and W5-W3 32 (not "
         "W1's 20,000 and W3's 100) to keep the whole benchmark near 8 minutes: every W5-W1 "
-        "message costs a full TLS handshake (no session resumption) in the client relay and "
-        "the proxy, and in the server relay too for `direct-tls` (Willi reuses its upstream "
-        "connections, `WILLI_UPSTREAM_POOL_IDLE`). Certificates: a throwaway ECDSA P-256 CA "
+        "message costs a full TLS handshake in the client relay and the proxy, and in the "
+        "server relay too for `direct-tls` (Willi reuses its upstream connections, "
+        "`WILLI_UPSTREAM_POOL_IDLE`). TLS session resumption (W5-W1 only, the pool off, so "
+        "each message costs Willi two handshakes, one per side): `willi-nopool` resumes "
+        "towards the server relay (`WILLI_UPSTREAM_TLS_RESUME=on`, the default) while the "
+        "client relay does full handshakes, `willi-noresume` does full handshakes on both "
+        "sides (`WILLI_UPSTREAM_TLS_RESUME=off`), `willi-resume` resumes on both (the client "
+        "relay, `--resume`, offers the session its last connection left, as a client with a "
+        "session cache does); each relay's log ends with its handshakes and how many were "
+        "resumed. Handshakes per second at Willi = 2 × msg/s there. Certificates: a throwaway ECDSA P-256 CA "
         "and server certificate (CN and SAN localhost, SAN IP 127.0.0.1) made with the "
         "openssl CLI in the run's temporary directory and removed with it; no key material "
         "is in the repository. Why not stunnel (the first choice): stunnel 5.68's server "

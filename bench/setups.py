@@ -138,14 +138,15 @@ def make_certs(directory: Path) -> Certs:
 
 
 def start_tls_relay(registry: Registry, rundir: Path, mode: str, target: int,
-                    opts: Options) -> tuple[Proc, int, str]:
-    """bench/tlsrelay.py: `client` (plain in, STARTTLS out) or `server` (STARTTLS in,
-    plain out to the sink); ready once it greets."""
+                    opts: Options, resume: bool = False) -> tuple[Proc, int, str]:
+    """bench/tlsrelay.py: `client` (plain in, STARTTLS out; with resume, offering
+    the last session) or `server` (STARTTLS in, plain out to the sink); ready once
+    it greets."""
     assert opts.certs is not None
     port = free_port()
     argv = [opts.python, str(BENCH / "tlsrelay.py"), mode, str(port), str(target)]
     if mode == "client":
-        argv += ["--ca", str(opts.certs.ca), "--name", "localhost"]
+        argv += ["--ca", str(opts.certs.ca), "--name", "localhost", *(["--resume"] if resume else [])]
     else:
         argv += ["--cert", str(opts.certs.cert), "--key", str(opts.certs.key)]
     proc = registry.start(f"tlsrelay-{mode}", argv, rundir / f"tlsrelay-{mode}.log")
@@ -259,14 +260,29 @@ SETUPS = {
     "willi-w2": start_willi_w2,
     "willi-nopool": start_willi_nopool,
 }
-DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi", "willi-w2", "willi-nopool"]
+DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi", "willi-w2", "willi-nopool", "willi-noresume",
+                  "willi-resume"]
 WILLI_SETUPS = ("willi", "willi-w2")  # W6 and W7 measure Willi's own mappings: Willi only
 POOL_WORKLOADS = ("W1", "W2")  # where willi-nopool runs: the upstream pool's effect
 
 # W5 (STARTTLS on both sides): what each chosen configuration becomes. HAProxy
 # cannot speak STARTTLS (it only terminates TLS from the first byte), so it is
 # not run; `direct` becomes `direct-tls`, the two relays back to back.
-TLS_NAMES = {"direct": "direct-tls", "nginx": "nginx", "willi": "willi", "willi-w2": "willi-w2"}
+TLS_NAMES = {"direct": "direct-tls", "nginx": "nginx", "willi": "willi", "willi-w2": "willi-w2",
+             "willi-nopool": "willi-nopool", "willi-noresume": "willi-noresume",
+             "willi-resume": "willi-resume"}
+# TLS session resumption (issue 12 item 6), W5-W1 only, the pool off so every
+# client connection costs Willi two handshakes: `willi-nopool` resumes towards
+# the server relay (the default) while clients do full handshakes,
+# `willi-noresume` does full handshakes on both sides (WILLI_UPSTREAM_TLS_RESUME=off),
+# `willi-resume` resumes on both (the client relay offers its last session).
+RESUME_SETUPS = {
+    "willi-nopool": {"WILLI_UPSTREAM_POOL_IDLE": "0"},
+    "willi-noresume": {"WILLI_UPSTREAM_POOL_IDLE": "0", "WILLI_UPSTREAM_TLS_RESUME": "off"},
+    "willi-resume": {"WILLI_UPSTREAM_POOL_IDLE": "0"},
+}
+CLIENT_RESUME_SETUPS = ("willi-resume",)
+RESUME_WORKLOADS = ("W5-W1",)
 
 
 def start_willi_info(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
@@ -276,6 +292,7 @@ def start_willi_info(registry: Registry, rundir: Path, sink_port: int, opts: Opt
 
 
 SETUPS["willi-info"] = start_willi_info  # --only willi,willi-info --workload W1
+SETUPS["willi-noresume"] = SETUPS["willi-resume"] = start_willi_nopool  # W5 names; see RESUME_SETUPS
 
 
 def tls_willi_env(opts: Options) -> dict[str, str]:
@@ -292,7 +309,7 @@ def start_tls_setup(name: str, registry: Registry, rundir: Path, upstream_port: 
                        "(none: the client relay talks STARTTLS to the server relay)")
     if name == "nginx":
         return start_nginx(registry, rundir, upstream_port, opts, tls=True)
-    extra = tls_willi_env(opts)
+    extra = {**tls_willi_env(opts), **RESUME_SETUPS.get(name, {})}
     if name == "willi-w2":
         extra["WILLI_WORKERS"] = "2"
     return start_willi(registry, rundir, upstream_port, opts, extra, name)

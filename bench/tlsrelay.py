@@ -1,6 +1,6 @@
 """STARTTLS on either end of a W5 path, for tools that speak only plain SMTP.
 
-    python tlsrelay.py client LISTEN_PORT TARGET_PORT --ca CA.pem --name localhost
+    python tlsrelay.py client LISTEN_PORT TARGET_PORT --ca CA.pem --name localhost [--resume]
     python tlsrelay.py server LISTEN_PORT TARGET_PORT --cert CERT.pem --key KEY.pem
 
 `client`: smtp-source connects here in plaintext; for each connection the relay
@@ -8,7 +8,10 @@ connects to TARGET (the proxy, or the `server` relay for direct-tls), passes
 its greeting on, sends `EHLO`, `STARTTLS`, does the handshake (the chain is
 verified against --ca, the name against --name) and from then on copies bytes:
 smtp-source's own EHLO, MAIL, ... travel inside TLS. Like stunnel's client
-mode with `protocol = smtp`.
+mode with `protocol = smtp`. With --resume each handshake offers the newest
+session an earlier connection left (taken when that connection ends, so a
+TLS 1.3 server's tickets have arrived): what a client that caches sessions,
+as Postfix's smtp_tls_session_cache_database does, costs the proxy.
 
 `server`: the TLS-capable sink side. Greets with its own `220`, answers EHLO
 with `250 STARTTLS`, does the server handshake, then connects to TARGET
@@ -81,10 +84,33 @@ def fail(stats: dict, what: str, exc: BaseException) -> None:
         print(f"tlsrelay: {what}: {exc!r}", file=sys.stderr, flush=True)
 
 
+class ResumingContext(ssl.SSLContext):
+    """asyncio's start_tls() has no session argument, but it creates its
+    SSLObject through context.wrap_bio(): offer the newest session there."""
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_bio(self, incoming, outgoing, server_side=False, server_hostname=None, session=None):
+        return super().wrap_bio(incoming, outgoing, server_side=server_side,
+                                server_hostname=server_hostname, session=session or self.session)
+
+
+def resuming_client_context(ca: str) -> ResumingContext:
+    ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=ca)  # as create_default_context: chain and name checked
+    return ctx
+
+
+def count_resumed(stats: dict, writer: asyncio.StreamWriter) -> None:
+    sslobj = writer.get_extra_info("ssl_object")
+    if sslobj is not None and sslobj.session_reused:
+        stats["resumed"] += 1
+
+
 class Client:
     def __init__(self, target: int, ctx: ssl.SSLContext, name: str):
         self.target, self.ctx, self.name = target, ctx, name
-        self.stats = {"errors": 0, "tls": 0}
+        self.stats = {"errors": 0, "tls": 0, "resumed": 0}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_w = None
@@ -104,7 +130,13 @@ class Client:
                 raise ConnectionError(f"STARTTLS answered {ready[-1]!r}")
             await up_w.start_tls(self.ctx, server_hostname=self.name)
             self.stats["tls"] += 1
+            count_resumed(self.stats, up_w)
+            sslobj = up_w.get_extra_info("ssl_object")  # kept: a closed transport has none
             await splice((reader, writer), (up_r, up_w))
+            if isinstance(self.ctx, ResumingContext) and sslobj is not None:
+                session = sslobj.session
+                if session is not None and session.has_ticket:
+                    self.ctx.session = session
         except (ConnectionError, ssl.SSLError, OSError, asyncio.IncompleteReadError) as exc:
             fail(self.stats, "client side", exc)
             writer.close()
@@ -115,7 +147,7 @@ class Client:
 class Server:
     def __init__(self, target: int, ctx: ssl.SSLContext):
         self.target, self.ctx = target, ctx
-        self.stats = {"errors": 0, "tls": 0}
+        self.stats = {"errors": 0, "tls": 0, "resumed": 0}
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_w = None
@@ -141,6 +173,7 @@ class Server:
                     writer.write(b"530 5.7.0 Must issue a STARTTLS command first\r\n")
             await writer.start_tls(self.ctx)
             self.stats["tls"] += 1
+            count_resumed(self.stats, writer)
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target, limit=LIMIT)
             greeting = await reply(up_r)  # swallowed: no greeting after STARTTLS
             if not greeting[-1].startswith(b"220"):
@@ -162,9 +195,10 @@ async def main(argv: list[str]) -> int:
     p.add_argument("--name", default="localhost")
     p.add_argument("--cert")
     p.add_argument("--key")
+    p.add_argument("--resume", action="store_true", help="client: offer the last session")
     args = p.parse_args(argv)
     if args.mode == "client":
-        ctx = ssl.create_default_context(cafile=args.ca)
+        ctx = resuming_client_context(args.ca) if args.resume else ssl.create_default_context(cafile=args.ca)
         handler = Client(args.target, ctx, args.name)
     else:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -180,8 +214,8 @@ async def main(argv: list[str]) -> int:
     print(f"tlsrelay {args.mode} listening on 127.0.0.1:{args.listen}", file=sys.stderr, flush=True)
     async with server:
         await stop.wait()
-    print(f"tlsrelay {args.mode}: {handler.stats['tls']} TLS handshakes, "
-          f"{handler.stats['errors']} connection errors",
+    print(f"tlsrelay {args.mode}: {handler.stats['tls']} TLS handshakes "
+          f"({handler.stats['resumed']} resumed), {handler.stats['errors']} connection errors",
           file=sys.stderr, flush=True)
     return 0
 

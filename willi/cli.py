@@ -145,7 +145,8 @@ def dial_settings(config: Config) -> DialSettings:
         command_timeout=config.upstream_command_timeout, retry_after=config.upstream_retry_after,
         starttls=config.upstream_starttls, pool_idle=config.upstream_pool_idle,
         xclient="off" if config.upstream_proxy_protocol != "off" else config.xclient,
-        proxy_protocol=config.upstream_proxy_protocol, auth=config.upstream_auth, credentials=credentials)
+        proxy_protocol=config.upstream_proxy_protocol, auth=config.upstream_auth, credentials=credentials,
+        tls_resume=config.upstream_tls_resume)
 
 
 # --- serving ----------------------------------------------------------------------

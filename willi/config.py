@@ -72,6 +72,7 @@ class Config:
     upstream_data_timeout: float = 600.0
     upstream_retry_after: float = 30.0
     upstream_pool_idle: float = 5.0  # 0: upstream connections are never kept between sessions
+    upstream_tls_resume: bool = True  # offer a target's last TLS session (abbreviated handshake)
     shutdown_timeout: float = 30.0
     lookup_timeout: float = 15.0
     lookup_threads: int = 4
@@ -320,6 +321,7 @@ KEYS: tuple[_Key, ...] = (
     _Key("WILLI_UPSTREAM_TLS_CA", "upstream_tls_ca", parse_file),
     _Key("WILLI_UPSTREAM_TLS_CERT", "upstream_tls_cert", parse_file),
     _Key("WILLI_UPSTREAM_TLS_KEY", "upstream_tls_key", parse_file),
+    _Key("WILLI_UPSTREAM_TLS_RESUME", "upstream_tls_resume", parse_bool),
     _Key("WILLI_XCLIENT", "xclient", _choice("auto", "required", "off")),
     _Key("WILLI_UPSTREAM_PROXY_PROTOCOL", "upstream_proxy_protocol", _choice("off", "v1", "v2")),
     _Key("WILLI_UPSTREAM_AUTH", "upstream_auth", _choice("off", "plain", "external")),

@@ -156,7 +156,9 @@ class Metrics:
             ("target",))
         self.pool_hits = Counter("willi_pool_hits_total", "Upstream connections taken from the pool.")
         self.tls_handshakes = Counter(
-            "willi_tls_handshakes_total", "TLS handshakes completed, by side (client, upstream).", ("side",))
+            "willi_tls_handshakes_total",
+            "TLS handshakes completed, by side (client, upstream) and whether a session was resumed.",
+            ("side", "resumed"))
         self.tls_failures = Counter(
             "willi_tls_failures_total", "TLS handshakes that failed, by side (client, upstream).", ("side",))
         self.lookups = Counter(

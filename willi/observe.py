@@ -35,7 +35,8 @@ class Observer:
         self._events: dict[str, Callable[[dict[str, Any]], None]] = {
             "connection_refused": self._refused,
             "tls_failed": lambda f: self.metrics.tls_failures.inc(str(f.get("side", "client"))),
-            "tls_established": lambda f: self.metrics.tls_handshakes.inc(str(f.get("side", "client"))),
+            "tls_established": lambda f: self.metrics.tls_handshakes.inc(
+                str(f.get("side", "client")), "true" if f.get("resumed") else "false"),
             "body_refused": lambda f: self.metrics.body_violations.inc(str(f.get("kind", "unknown"))),
             "upstream_failed": lambda f: self.metrics.upstream_failures.inc(str(f.get("target", "unknown"))),
             "upstream_connected": self._upstream_connected,

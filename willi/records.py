@@ -101,7 +101,8 @@ class Observer(Protocol):
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         """Anything else worth a line and a counter: `connection_refused`
-        (reason=), `tls_failed` (side=), `body_refused` (kind=),
+        (reason=), `tls_failed` (side=), `tls_established` (side=, resumed=),
+        `body_refused` (kind=),
         `upstream_failed` (target=), `lookup` (mapping=, result=, seconds=),
         `session_fault` (the traceback is logged once)."""
         ...

@@ -31,6 +31,10 @@ from typing import Any
 
 from willi.errors import TLSError
 
+# TLS 1.3 tickets sent after each handshake (OpenSSL's default): a client may
+# open parallel connections, and each resumption consumes one.
+SERVER_TICKETS = 2
+
 # Largest single read asked of OpenSSL when read() collects everything; a TLS
 # record carries at most 16 KiB, so this is several records per call.
 _READ_CHUNK = 65536
@@ -72,6 +76,7 @@ class TLSEngine:
         context: ssl.SSLContext,
         server_side: bool,
         server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         if not server_side and context.check_hostname and not server_hostname:
             # SSLSocket refuses this combination; SSLObject silently checks
@@ -80,12 +85,7 @@ class TLSEngine:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         try:
-            self._sslobj = context.wrap_bio(
-                self._incoming,
-                self._outgoing,
-                server_side=server_side,
-                server_hostname=server_hostname,
-            )
+            self._sslobj = self._wrap(context, server_side, server_hostname, session)
         except (ValueError, ssl.SSLError) as exc:
             # e.g. a server_hostname that is not a valid name: a setup mistake
             # that must surface as a TLS failure of this target, not a crash.
@@ -95,6 +95,31 @@ class TLSEngine:
         self._closing = False
         self.peer_closed = False
         self.truncated = False
+
+    def _wrap(
+        self,
+        context: ssl.SSLContext,
+        server_side: bool,
+        server_hostname: str | None,
+        session: ssl.SSLSession | None,
+    ) -> ssl.SSLObject:
+        """The SSLObject, offering `session` for resumption when one is given.
+
+        A session the object refuses (one of another context, say) is not a
+        reason to fail the connection: the handshake is then a full one.
+        """
+        if session is not None:
+            try:
+                return context.wrap_bio(
+                    self._incoming, self._outgoing, server_side=server_side,
+                    server_hostname=server_hostname, session=session,
+                )
+            except ValueError:
+                pass
+        return context.wrap_bio(
+            self._incoming, self._outgoing, server_side=server_side,
+            server_hostname=server_hostname,
+        )
 
     # --- ciphertext side -------------------------------------------------
 
@@ -267,6 +292,23 @@ class TLSEngine:
         return cipher[0] if cipher else None
 
     @property
+    def session(self) -> ssl.SSLSession | None:
+        """The session to offer next time (client side), or None.
+
+        Under TLS 1.3 the server sends its tickets after the handshake, so a
+        session taken right after handshake() is not resumable yet; take it
+        after the first reply has been read (see SessionCache.resumable).
+        """
+        if not self._established:
+            return None
+        return self._sslobj.session
+
+    @property
+    def session_reused(self) -> bool:
+        """True if the handshake resumed an earlier session (abbreviated)."""
+        return self._established and self._sslobj.session_reused
+
+    @property
     def verified(self) -> bool:
         """True if the peer presented a certificate the context verified.
 
@@ -308,6 +350,12 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     context.options |= (
         ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     )
+    # Clients resume with session tickets (stateless: nothing kept per client).
+    # The ticket keys are random per context and live as long as it does: the
+    # process, or until a SIGHUP builds a new context, after which an old
+    # ticket is simply declined and the handshake is a full one.
+    context.options &= ~ssl.OP_NO_TICKET
+    context.num_tickets = SERVER_TICKETS
     _load_chain(context, cert, key)
     return context
 

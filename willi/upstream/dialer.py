@@ -6,7 +6,8 @@ until one greets and finishes the handshake: host names are resolved in the
 worker pool (resolver.py), a target that failed is skipped for
 WILLI_UPSTREAM_RETRY_AFTER while another of its list is untried (health.py),
 and the sans-IO handshake of willi.smtp.handshake is driven over the
-link.
+link. A TLS handshake offers the session the last one to the same target
+left behind (tls_sessions.py; WILLI_UPSTREAM_TLS_RESUME).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from willi.upstream.health import TargetHealth
 from willi.upstream.link import UpstreamLink
 from willi.upstream.pool import LinkPool
 from willi.upstream.resolver import Resolved, Resolver
+from willi.upstream.tls_sessions import SessionCache
 from willi.workers import WorkerPool
 
 
@@ -45,6 +47,7 @@ class DialSettings:
     proxy_protocol: str = "off"  # off | v1 | v2: a PROXY header first on every connection
     auth: str = "off"  # off | plain | external
     credentials: hs.Credentials | None = None  # for plain; its repr hides the password
+    tls_resume: bool = True  # offer the target's last TLS session (WILLI_UPSTREAM_TLS_RESUME)
 
 
 def proxy_header(version: str, client: ClientInfo) -> bytes:
@@ -72,6 +75,7 @@ class Dialer:
         self.logger = logger
         self.resolver = Resolver(reactor, workers)
         self.pool = LinkPool(reactor, settings.pool_idle)
+        self.tls_sessions = SessionCache()
 
     @property
     def credentials(self) -> Hashable:
@@ -132,7 +136,7 @@ class DialAttempt:
 
     __slots__ = ("dialer", "route", "client", "client_tls", "reverse_name", "done",
                  "_targets", "_addresses", "_target", "_link", "_handshake", "_timer",
-                 "cancelled", "errors")
+                 "_tls_context", "_tls_offered", "cancelled", "errors")
 
     def __init__(self, dialer: Dialer, route: Route, client: ClientInfo, client_tls: bool,
                  reverse_name: Callable[[Callable[[str], None]], None],
@@ -148,6 +152,8 @@ class DialAttempt:
         self._link: UpstreamLink | None = None
         self._handshake: hs.Handshake | None = None
         self._timer: Timer | None = None
+        self._tls_context: ssl.SSLContext | None = None  # the context of this target's handshake
+        self._tls_offered: ssl.SSLSession | None = None  # the session it offered to resume
         self.cancelled = False
         self.errors: list[str] = []
         try:
@@ -276,15 +282,25 @@ class DialAttempt:
         if context is None:
             self._target_failed("TLS is not available")
             return
+        session = None
+        if self.dialer.settings.tls_resume:
+            session = self.dialer.tls_sessions.get(self._session_key(), context)
+        self._tls_context = context
+        self._tls_offered = session
         self._timer = self.dialer.reactor.call_later(self.dialer.settings.command_timeout, self._tls_timeout)
         try:
-            self._link.start_tls(context, self._tls_done)
+            self._link.start_tls(context, self._tls_done, session)
         except TLSError as exc:
             self._cancel_timer()
             self._target_failed(f"TLS: {exc}")
 
+    def _session_key(self) -> Hashable:
+        """What a TLS session is kept under (see tls_sessions.py)."""
+        return (self._target, self.route.tls_verify)
+
     def _tls_timeout(self) -> None:
         self._timer = None
+        self.dialer.tls_sessions.drop(self._session_key())
         self._target_failed("TLS: handshake timed out")
 
     def _tls_done(self, exc: BaseException | None) -> None:
@@ -294,9 +310,14 @@ class DialAttempt:
         if self.cancelled:
             return
         if exc is not None:
+            self.dialer.tls_sessions.drop(self._session_key())
             self._target_failed(f"TLS: {exc}")
-        else:
-            self._feed(hs.TLSDone())
+            return
+        link = self._link
+        if link is not None:
+            self.dialer.logger.debug("tls_established", side="upstream", target=str(self._target),
+                                     resumed=link.tls_resumed, version=link.tls)
+        self._feed(hs.TLSDone())
 
     def _greeted(self, greeted: hs.Greeted) -> None:
         link = self._link
@@ -307,6 +328,11 @@ class DialAttempt:
         link.xclient = greeted.xclient
         link.proxied = greeted.proxied
         link.credentials = self.dialer.credentials if greeted.authenticated else None
+        if link.tls is not None and self._tls_context is not None and self.dialer.settings.tls_resume:
+            # The first reply after the handshake has been read, so a TLS 1.3
+            # server's tickets (sent before it) have arrived (tls_sessions.py).
+            self.dialer.tls_sessions.completed(self._session_key(), self._tls_context, self._tls_offered,
+                                               link.tls_resumed, lambda: link.tls_session)
         self.dialer.health.succeeded(self._target)
         self.done(link, "")
 

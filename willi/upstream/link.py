@@ -49,7 +49,7 @@ class UpstreamLink:
 
     __slots__ = (
         "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer", "_deadline",
-        "capabilities", "tls", "tls_verified", "xclient", "proxied", "credentials", "reused",
+        "capabilities", "tls", "tls_verified", "tls_resumed", "_engine", "xclient", "proxied", "credentials", "reused",
         "owner", "__weakref__",
     )
 
@@ -65,6 +65,8 @@ class UpstreamLink:
         self.capabilities: dict[str, str] = {}
         self.tls: str | None = None  # TLS version once encrypted
         self.tls_verified = False
+        self.tls_resumed = False  # the handshake resumed an earlier session
+        self._engine: TLSEngine | None = None
         self.xclient = False  # XCLIENT told the upstream who the client is
         self.proxied = False  # a PROXY header told it
         self.credentials: object = None  # what AUTH logged in with (compared, never shown)
@@ -148,20 +150,29 @@ class UpstreamLink:
             self.conn.abort()
 
     # --- TLS ----------------------------------------------------------------
-    def start_tls(self, context: ssl.SSLContext, done: Callable[[BaseException | None], None]) -> None:
+    def start_tls(self, context: ssl.SSLContext, done: Callable[[BaseException | None], None],
+                  session: ssl.SSLSession | None = None) -> None:
+        """Handshake on the connection, offering `session` to resume."""
         # Replies read before the handshake are never trusted (response injection).
         self._reader.clear()
         host = self.target.host or None
-        engine = TLSEngine(context, server_side=False, server_hostname=host)
+        engine = TLSEngine(context, server_side=False, server_hostname=host, session=session)
+        self._engine = engine
 
         def finished(exc: BaseException | None) -> None:
             if exc is None:
                 self.tls = engine.version
                 self.tls_verified = engine.verified
+                self.tls_resumed = engine.session_reused
             done(exc)
 
         assert self.conn is not None
         self.conn.start_tls(engine, finished)
+
+    @property
+    def tls_session(self) -> ssl.SSLSession | None:
+        """The TLS session to offer on the next connection to this target."""
+        return None if self._engine is None else self._engine.session
 
     # --- Connection owner ---------------------------------------------------
     def on_data(self, conn: Connection, data: memoryview) -> None:
