@@ -217,7 +217,7 @@ class Session:
         self.client_tls = f"{engine.version} {engine.cipher}"
         # Counted by willi_tls_handshakes_total{side="client"}.
         self.ctx.observer.event("tls_established", level="debug", session=self.id, side="client",
-                                resumed=bool(getattr(engine, "session_reused", False)))
+                                resumed=engine.session_reused)
         self.proto.tls_started()
         self.pump()
 
