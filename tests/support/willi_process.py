@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Self
 
 from .net import SmtpRawClient, wait_until
 
@@ -136,16 +136,21 @@ class WilliProcess:
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "WilliProcess":
+        return self._launch([sys.executable, str(self.script), "--config", str(self.env_file), *self.args])
+
+    def _launch(self, command: list[str], cwd: Path = REPO_ROOT, pass_fds: tuple[int, ...] = ()) -> Self:
+        """Write the env file, run `command`, wait for the greeting (unless
+        told not to); a subclass that starts Willi another way calls this."""
         write_env_file(self.env_file, self.env)
-        command = [sys.executable, str(self.script), "--config", str(self.env_file), *self.args]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=child_environ(self.environ),
+                pass_fds=pass_fds,
             )
         if self.wait_ready:
             try:
