@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.certs import Pki
+from tests.support.engines import handshake, shuttle
 from willi.errors import TLSError
 from willi.tls import TLSEngine, client_context, server_context
 
@@ -47,29 +48,9 @@ def _client(
     return TLSEngine(context, server_side=False, server_hostname=host)
 
 
-def _shuttle(a: TLSEngine, b: TLSEngine) -> int:
-    """Move pending ciphertext both ways; return how many bytes moved."""
-    moved = 0
-    for src, dst in ((a, b), (b, a)):
-        data = src.take_output()
-        if data:
-            dst.feed(data)
-            moved += len(data)
-    return moved
-
-
-def _handshake(client: TLSEngine, server: TLSEngine) -> None:
-    """Pump until both sides are established; every wait has a bound."""
-    for _ in range(20):
-        done = client.handshake() & server.handshake()
-        if not _shuttle(client, server) and done:
-            return
-    raise AssertionError("handshake did not finish in 20 rounds")
-
-
 def _pair(pki: Pki, **client_args: object) -> tuple[TLSEngine, TLSEngine]:
     client, server = _client(pki, **client_args), _server(pki)  # type: ignore[arg-type]
-    _handshake(client, server)
+    handshake(client, server)
     return client, server
 
 
@@ -171,7 +152,7 @@ def test_data_pipelined_behind_handshake_must_be_read_at_once(pki: Pki) -> None:
     # the engine, where only an immediate read finds it.
     client, server = _client(pki), _server(pki)
     while not client.handshake():
-        _shuttle(client, server)
+        shuttle(client, server)
         server.handshake()
     client.write(b"EHLO again\r\n")
     server.feed(client.take_output())
@@ -194,7 +175,7 @@ def test_handshake_is_idempotent(pki: Pki) -> None:
 def test_verify_against_ca_succeeds_for_upstream(pki: Pki, host: str) -> None:
     client = _client(pki, host=host)
     server = _server_with(pki.upstream_cert, pki.upstream_key)
-    _handshake(client, server)
+    handshake(client, server)
     assert client.verified
 
 
@@ -206,7 +187,7 @@ def test_verify_willi_cert_over_ipv6_literal(pki: Pki) -> None:
 def test_verify_fails_on_wrong_host_name(pki: Pki) -> None:
     client, server = _client(pki, host="mx.example.org"), _server(pki)
     with pytest.raises(TLSError, match="Hostname mismatch"):
-        _handshake(client, server)
+        handshake(client, server)
     # Sticky: a second call fails the same way.
     with pytest.raises(TLSError, match="Hostname mismatch"):
         client.handshake()
@@ -216,7 +197,7 @@ def test_verify_fails_against_untrusted_certificate(pki: Pki) -> None:
     client = _client(pki)
     server = _server_with(pki.untrusted_cert, pki.untrusted_key)
     with pytest.raises(TLSError, match="self-signed"):
-        _handshake(client, server)
+        handshake(client, server)
     # The alert was queued for the peer, which then fails too.
     server.feed(client.take_output())
     with pytest.raises(TLSError):
@@ -226,7 +207,7 @@ def test_verify_fails_against_untrusted_certificate(pki: Pki) -> None:
 def test_no_verify_accepts_untrusted_certificate(pki: Pki) -> None:
     client = _client(pki, verify=False)
     server = _server_with(pki.untrusted_cert, pki.untrusted_key)
-    _handshake(client, server)
+    handshake(client, server)
     assert not client.verified
     assert client.peer_certificate is None
     assert client.peer_certificate_der  # still there, for a fingerprint in logs
@@ -239,7 +220,7 @@ def test_verify_needs_a_host_name(pki: Pki) -> None:
 
 def test_client_certificate_seen_by_requiring_server(pki: Pki) -> None:
     client, server = _client(pki, with_cert=True), _server(pki, require_client_cert=True)
-    _handshake(client, server)
+    handshake(client, server)
     assert server.verified
     assert server.peer_certificate is not None
     subject = dict(x[0] for x in server.peer_certificate["subject"])
@@ -249,7 +230,7 @@ def test_client_certificate_seen_by_requiring_server(pki: Pki) -> None:
 def test_missing_client_certificate_refused(pki: Pki) -> None:
     client, server = _client(pki), _server(pki, require_client_cert=True)
     with pytest.raises(TLSError, match="CERTIFICATE"):
-        _handshake(client, server)
+        handshake(client, server)
 
 
 def test_tls11_client_refused_by_server(pki: Pki) -> None:

@@ -11,35 +11,18 @@ from typing import Callable
 import pytest
 
 from tests.support.certs import Pki
+from tests.support.engines import handshake, shuttle
 from willi.log import Logger
 from willi.observe import Observer
 from willi.tls import SERVER_TICKETS, TLSEngine, client_context, server_context
 from willi.upstream.tls_sessions import SessionCache, resumable
 
 
-def _shuttle(a: TLSEngine, b: TLSEngine) -> int:
-    moved = 0
-    for src, dst in ((a, b), (b, a)):
-        data = src.take_output()
-        if data:
-            dst.feed(data)
-            moved += len(data)
-    return moved
-
-
-def _handshake(client: TLSEngine, server: TLSEngine) -> None:
-    for _ in range(20):
-        done = client.handshake() & server.handshake()
-        if not _shuttle(client, server) and done:
-            return
-    raise AssertionError("handshake did not finish in 20 rounds")
-
-
 def _first_reply(client: TLSEngine, server: TLSEngine) -> None:
     """The server answers (a greeting, an EHLO reply) and the client reads it:
     the TLS 1.3 tickets the server sent after the handshake are read with it."""
     server.write(b"250 ok\r\n")
-    _shuttle(client, server)
+    shuttle(client, server)
     assert client.read() == b"250 ok\r\n"
 
 
@@ -47,7 +30,7 @@ def _connect(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext,
              session: ssl.SSLSession | None = None) -> tuple[TLSEngine, TLSEngine]:
     client = TLSEngine(client_ctx, server_side=False, server_hostname="localhost", session=session)
     server = TLSEngine(server_ctx, server_side=True)
-    _handshake(client, server)
+    handshake(client, server)
     _first_reply(client, server)
     return client, server
 
@@ -80,7 +63,7 @@ def test_tls13_tickets_arrive_only_after_the_handshake(
     client_ctx, server_ctx = contexts
     client = TLSEngine(client_ctx, server_side=False, server_hostname="localhost")
     server = TLSEngine(server_ctx, server_side=True)
-    _handshake(client, server)
+    handshake(client, server)
     assert client.version == "TLSv1.3"
     early = client.session
     assert early is not None and not early.has_ticket and not resumable(early)

@@ -191,7 +191,29 @@ def _write_all(fd: int, data: bytes) -> bool:
     return True
 
 
-class Logger:
+class LevelMethods:
+    """`debug`, `info`, `warning` and `error` as `log(level, ...)`, written once
+    for every logger shape (the Logger, the Observer's ObservedLogger)."""
+
+    __slots__ = ()
+
+    def log(self, level: str, event: str, **fields: object) -> None:
+        raise NotImplementedError
+
+    def debug(self, event: str, **fields: object) -> None:
+        self.log("debug", event, **fields)
+
+    def info(self, event: str, **fields: object) -> None:
+        self.log("info", event, **fields)
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.log("warning", event, **fields)
+
+    def error(self, event: str, **fields: object) -> None:
+        self.log("error", event, **fields)
+
+
+class Logger(LevelMethods):
     """Writes `ts level event key=value...` lines to a sink, one per call."""
 
     __slots__ = ("_sink", "_fmt", "_level", "_threshold", "_clock", "_fields", "_journal")
@@ -251,18 +273,6 @@ class Logger:
         if LEVELS[level] < self._threshold:
             return
         self._sink.put(self.render(level, event, **fields))
-
-    def debug(self, event: str, **fields: object) -> None:
-        self.log("debug", event, **fields)
-
-    def info(self, event: str, **fields: object) -> None:
-        self.log("info", event, **fields)
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.log("warning", event, **fields)
-
-    def error(self, event: str, **fields: object) -> None:
-        self.log("error", event, **fields)
 
 
 def format_time(timestamp: float) -> str:

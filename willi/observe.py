@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from willi.log import Logger
+from willi.log import LevelMethods, Logger
 from willi.metrics import Metrics
 from willi.records import RecipientRecord, SessionRecord, TransactionRecord
 
@@ -123,7 +123,7 @@ def _number(value: object) -> float:
 # --- producers that still log events by name (the dialer) ----------------------------
 
 
-class ObservedLogger:
+class ObservedLogger(LevelMethods):
     """A logger for producers that still log events by name: each line goes
     through `observer.event`, so it is counted as well as written."""
 
@@ -141,15 +141,3 @@ class ObservedLogger:
         if event == "connection_refused" and fields.get("reason") == "connection limit":
             fields["reason"] = "limit"  # the old listener does not say which one
         self._observer.event(event, level, **{**self._fields, **fields})
-
-    def debug(self, event: str, **fields: object) -> None:
-        self.log("debug", event, **fields)
-
-    def info(self, event: str, **fields: object) -> None:
-        self.log("info", event, **fields)
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.log("warning", event, **fields)
-
-    def error(self, event: str, **fields: object) -> None:
-        self.log("error", event, **fields)

@@ -34,7 +34,6 @@ LOOKUP_FAILED = b"451 4.3.0 Recipient lookup failed, try again later\r\n"
 TOO_MANY_RECIPIENTS = b"452 4.5.3 Too many recipients\r\n"
 OTHER_UPSTREAM = b"452 4.5.3 Recipient routes elsewhere, try again in a new transaction\r\n"
 ONE_RCPT_FOR_LMTP = b"452 4.5.3 One recipient per transaction here, try again in a new transaction\r\n"
-TLS_NOT_AVAILABLE = b"454 4.7.0 TLS not available\r\n"
 
 # --- permanent failures -----------------------------------------------------
 LINE_TOO_LONG = b"500 5.5.2 Line too long\r\n"

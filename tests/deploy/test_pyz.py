@@ -43,18 +43,7 @@ class IsolatedWilli(WilliProcess):
     """A WilliProcess that runs `python -I -S willi.pyz` outside the checkout."""
 
     def start(self) -> "IsolatedWilli":
-        write_env_file(self.env_file, self.env)
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(
-                [*ISOLATED, str(self.script), "--config", str(self.env_file)],
-                cwd=self.tmp_path, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                env=child_environ())
-        try:
-            self.wait_until_ready(self.start_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self._launch([*ISOLATED, str(self.script), "--config", str(self.env_file)], cwd=self.tmp_path)
 
 
 @pytest.fixture

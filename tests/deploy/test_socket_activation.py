@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -21,8 +20,7 @@ import pytest
 
 from tests.support.net import LOOPBACK_V4, SmtpRawClient, free_port, port_accepts
 from tests.support.upstream import ScriptableUpstream
-from tests.support.willi_process import (REPO_ROOT, WILLI_SCRIPT, WilliProcess, child_environ,
-                                         write_env_file)
+from tests.support.willi_process import WILLI_SCRIPT, WilliProcess
 from willi.activation import listen_sockets
 
 # What systemd does between fork and exec: fd 3, and LISTEN_PID naming this process.
@@ -42,18 +40,9 @@ class ActivatedWilli(WilliProcess):
         self.listen = [listener.getsockname()[:2]]
 
     def start(self) -> "ActivatedWilli":
-        write_env_file(self.env_file, self.env)
-        command = [sys.executable, "-c", EXEC_AS_SYSTEMD, str(self.listener.fileno()),
-                   str(WILLI_SCRIPT), "--config", str(self.env_file)]
-        with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
-                                            stderr=err, env=child_environ(), pass_fds=(self.listener.fileno(),))
-        try:
-            self.wait_until_ready(self.start_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        return self._launch([sys.executable, "-c", EXEC_AS_SYSTEMD, str(self.listener.fileno()),
+                             str(WILLI_SCRIPT), "--config", str(self.env_file)],
+                            pass_fds=(self.listener.fileno(),))
 
 
 @pytest.fixture

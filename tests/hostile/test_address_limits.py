@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.names import domain_of
 from willi import replies
 from willi.smtp import server as smtp
 from willi.smtp.address import (
@@ -17,17 +18,7 @@ from willi.smtp.address import (
 )
 
 
-def _domain(octets: int) -> str:
-    """A well-formed host name of exactly `octets` octets (labels of 50)."""
-    labels, left = [], octets
-    while left > 51:
-        labels.append("d" * 50)
-        left -= 51
-    labels.append("e" * left)
-    return ".".join(labels)
-
-
-LONGEST_DOMAIN = _domain(MAX_PATH - 2 - 1 - 1)  # "<", "@", ">", a one-octet local part
+LONGEST_DOMAIN = domain_of(MAX_PATH - 2 - 1 - 1)  # "<", "@", ">", a one-octet local part
 
 
 def test_a_local_part_of_64_octets_is_accepted_and_65_is_too_long() -> None:
@@ -63,13 +54,13 @@ def test_a_bare_address_is_measured_as_if_it_had_its_brackets() -> None:
 
 
 def test_a_source_route_counts_towards_the_path_although_it_is_stripped() -> None:
-    route = "@" + _domain(200) + ":"
+    route = "@" + domain_of(200) + ":"
     with pytest.raises(AddressTooLong):
-        parse_path_argument(f"<{route}user@{_domain(60)}>")
+        parse_path_argument(f"<{route}user@{domain_of(60)}>")
 
 
 def test_a_3_kb_address_is_too_long_on_the_fast_path_and_the_general_one() -> None:
-    for arg in (f"<{'a' * 3000}@b.test>", f"<{'a' * 60}@{_domain(3000)}>", f'<"{"x" * 3000}"@b.test>'):
+    for arg in (f"<{'a' * 3000}@b.test>", f"<{'a' * 60}@{domain_of(3000)}>", f'<"{"x" * 3000}"@b.test>'):
         with pytest.raises(AddressTooLong) as caught:
             parse_path_argument(arg)
         assert caught.value.reply == replies.ADDRESS_TOO_LONG
@@ -103,7 +94,7 @@ def test_client_sends_a_3_kb_rcpt_to_and_no_rcpt_event_is_raised() -> None:
     proto.feed(b"MAIL FROM:<s@origin.test>\r\n")
     assert proto.next_event() is None
     assert proto.take_output() == replies.SENDER_OK
-    proto.feed(b"RCPT TO:<user@" + _domain(3000).encode() + b">\r\n")
+    proto.feed(b"RCPT TO:<user@" + domain_of(3000).encode() + b">\r\n")
     assert proto.next_event() is None  # no Rcpt event: the router and upstream never see it
     assert proto.take_output() == replies.ADDRESS_TOO_LONG
 

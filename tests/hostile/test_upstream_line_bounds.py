@@ -13,6 +13,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.names import domain_of
 from willi import replies
 from willi.smtp import server as smtp
 from willi.smtp.address import MAX_PATH
@@ -23,15 +24,6 @@ from willi.smtp.reply import Reply
 
 ALL_CAPS = {"SIZE": "100000000", "8BITMIME": "", "SMTPUTF8": "", "PIPELINING": ""}
 LONGEST_PARAMS = " SIZE=" + "9" * 20 + " BODY=8BITMIME SMTPUTF8"
-
-
-def _domain(octets: int) -> str:
-    labels, left = [], octets
-    while left > 51:
-        labels.append("d" * 50)
-        left -= 51
-    labels.append("e" * left)
-    return ".".join(labels)
 
 
 def _accepted_mail(line: bytes) -> smtp.ServerProtocol | None:
@@ -48,7 +40,7 @@ def _fits(line: bytes) -> bool:
 
 
 def test_mail_from_with_the_longest_path_and_every_parameter_fits() -> None:
-    sender = f"{'s' * 64}@{_domain(MAX_PATH - 2 - 65)}"
+    sender = f"{'s' * 64}@{domain_of(MAX_PATH - 2 - 65)}"
     proto = _accepted_mail(f"MAIL FROM:<{sender}>{LONGEST_PARAMS}".encode())
     assert proto is not None and proto.mail is not None
     line = mail_command(proto.mail, proto.mail_params, ALL_CAPS)
@@ -59,7 +51,7 @@ def test_mail_from_with_the_longest_path_and_every_parameter_fits() -> None:
 def test_rcpt_to_with_the_longest_utf8_path_fits() -> None:
     proto = _accepted_mail(b"MAIL FROM:<>")
     assert proto is not None
-    rcpt = f"{'é' * 32}@{_domain(MAX_PATH - 2 - 65)}"
+    rcpt = f"{'é' * 32}@{domain_of(MAX_PATH - 2 - 65)}"
     proto.feed(f"RCPT TO:<{rcpt}>\r\n".encode())
     event = proto.next_event()
     assert isinstance(event, smtp.Rcpt)
@@ -154,7 +146,7 @@ def _handshake_lines(hostname: str, client: ClientInfo, name: str) -> list[bytes
 
 
 def test_the_handshake_lines_fit_with_the_longest_host_name_helo_and_reverse_name() -> None:
-    hostname = _domain(253)  # config.parse_hostname allows at most 253
+    hostname = domain_of(253)  # config.parse_hostname allows at most 253
     client = ClientInfo("2001:db8::1", 65535, "h\u00e9" * 2000, True)
     lines = _handshake_lines(hostname, client, "n" * 1000)
     assert [line.split(b" ")[0] for line in lines][:2] == [b"EHLO", b"XCLIENT"]

@@ -18,14 +18,12 @@ import pytest
 
 from tests.support.net import free_port, wait_until
 from tests.support.willi_process import (REPO_ROOT, WILLI_SCRIPT, WilliProcess, child_environ, greets,
-                                         parse_log_line, write_env_file)
+                                         parse_log_line, routed_env, write_env_file)
 from willi.listener import explain_bind_error, interfaces, show_address
 
 
 def env(tmp: Path, listen: str, **keys: str) -> dict[str, str]:
-    table = tmp / "upstreams.csv"
-    table.write_text(f"pattern;server;tls_verify\na.test;127.0.0.1:{free_port()};false\n")
-    return {"WILLI_LISTEN": listen, "WILLI_HOSTNAME": "willi.test", "WILLI_MAPPING_1": f"csv:{table}", **keys}
+    return routed_env(tmp, WILLI_LISTEN=listen, **keys)
 
 
 def start_fails(tmp: Path, keys: dict[str, str], prefix: tuple[str, ...] = ()) -> str:

@@ -23,7 +23,7 @@ import pytest
 
 from tests.support.haproxy import HAProxy, find_haproxy
 from tests.support.net import SmtpRawClient, wait_until
-from tests.support.proxied import connect_from, connect_source, proxy_willi_env, start_proxy_willi
+from tests.support.proxied import connect_from, connect_source, proxy_willi, proxy_willi_env, start_proxy_willi
 from tests.support.upstream import DEFAULT_CAPABILITIES, XCLIENT_CAPABILITY, ScriptableUpstream
 from tests.support.willi_process import WilliProcess
 from willi import replies
@@ -44,11 +44,8 @@ def upstream() -> Iterator[ScriptableUpstream]:
 @pytest.fixture(scope="module")
 def willi(tmp_path_factory: pytest.TempPathFactory, upstream: ScriptableUpstream) -> Iterator[WilliProcess]:
     tmp = tmp_path_factory.mktemp("willi-haproxy")
-    process = start_proxy_willi(proxy_willi_env(tmp, upstream.port), tmp)
-    try:
+    with proxy_willi(proxy_willi_env(tmp, upstream.port), tmp) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def through(haproxy: HAProxy, source: str = CLIENT) -> SmtpRawClient:

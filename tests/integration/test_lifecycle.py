@@ -23,6 +23,7 @@ from tests.support.net import (
     LOOPBACK_V6,
     SmtpRawClient,
     free_port,
+    port_refuses,
     wait_until,
 )
 from tests.support.upstream import ScriptableUpstream, Session
@@ -73,15 +74,6 @@ def send_message(client: SmtpRawClient, rcpt: str, body: bytes) -> bytes:
     return client.read_reply().raw
 
 
-def refused(host: str, port: int) -> bool:
-    """True when a connection attempt to host:port is actively refused."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
-
-
 def upstream_of(line: dict[str, str]) -> str:
     """The log's upstream target without its scheme (smtp://host:port)."""
     return line.get("upstream", "").removeprefix("smtp://")
@@ -108,7 +100,7 @@ def test_sigterm_refuses_new_connections_at_once_and_lets_the_body_in_flight_fin
 
         signalled = time.monotonic()
         willi.signal(signal.SIGTERM)
-        wait_until(lambda: refused(willi.host, willi.port), 2.0, 0.01, "the listening port to refuse")
+        wait_until(lambda: port_refuses(willi.host, willi.port), 2.0, 0.01, "the listening port to refuse")
         assert time.monotonic() - signalled < 2.0
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((willi.host, willi.port), timeout=1.0).close()

@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.net import Reply, SmtpRawClient, free_port, wait_until
 from tests.support.upstream import ScriptableUpstream
-from tests.support.willi_process import WilliProcess
+from tests.support.willi_process import WilliProcess, routed_env
 
 SENDER = "sender@origin.test"
 BODY = b"Subject: limits\r\n\r\nhello\r\n"
@@ -35,17 +35,6 @@ MAX_MESSAGE_SIZE = 64 * 1024
 
 
 # --- fixtures -----------------------------------------------------------------
-def _env(tmp: Path, upstream_port: int, **keys: str) -> dict[str, str]:
-    table = tmp / "upstreams.csv"
-    table.write_text(f"pattern;server;tls_verify\na.test;127.0.0.1:{upstream_port};false\n")
-    return {
-        "WILLI_LISTEN": f"127.0.0.1:{free_port()}",
-        "WILLI_HOSTNAME": "willi.test",
-        "WILLI_MAPPING_1": f"csv:{table}",
-        **keys,
-    }
-
-
 @pytest.fixture(scope="module")
 def upstream_port() -> int:
     return free_port()
@@ -54,7 +43,7 @@ def upstream_port() -> int:
 @pytest.fixture(scope="module")
 def willi(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Iterator[WilliProcess]:
     tmp = tmp_path_factory.mktemp("willi-strict")
-    env = _env(
+    env = routed_env(
         tmp,
         upstream_port,
         WILLI_MAX_ERRORS=str(MAX_ERRORS),
@@ -68,7 +57,7 @@ def willi(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Itera
 @pytest.fixture(scope="module")
 def lenient_willi(tmp_path_factory: pytest.TempPathFactory, upstream_port: int) -> Iterator[WilliProcess]:
     tmp = tmp_path_factory.mktemp("willi-bare-lf-pass")
-    with WilliProcess(_env(tmp, upstream_port, WILLI_BARE_LF="pass"), tmp) as process:
+    with WilliProcess(routed_env(tmp, upstream_port, WILLI_BARE_LF="pass"), tmp) as process:
         yield process
 
 
@@ -288,13 +277,13 @@ def test_with_bare_lf_pass_such_a_body_is_forwarded_unchanged(lenient_willi, ups
 # --- connections ----------------------------------------------------------------
 @pytest.fixture
 def per_ip_willi(tmp_path: Path, upstream_port: int) -> Iterator[WilliProcess]:
-    with WilliProcess(_env(tmp_path, upstream_port, WILLI_MAX_CONNECTIONS_PER_IP="2"), tmp_path) as process:
+    with WilliProcess(routed_env(tmp_path, upstream_port, WILLI_MAX_CONNECTIONS_PER_IP="2"), tmp_path) as process:
         yield process
 
 
 @pytest.fixture
 def global_willi(tmp_path: Path, upstream_port: int) -> Iterator[WilliProcess]:
-    with WilliProcess(_env(tmp_path, upstream_port, WILLI_MAX_CONNECTIONS="2"), tmp_path) as process:
+    with WilliProcess(routed_env(tmp_path, upstream_port, WILLI_MAX_CONNECTIONS="2"), tmp_path) as process:
         yield process
 
 

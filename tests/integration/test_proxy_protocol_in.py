@@ -16,7 +16,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.net import SmtpRawClient, wait_until
-from tests.support.proxied import connect_from, proxy_willi_env, start_proxy_willi
+from tests.support.proxied import connect_from, proxy_willi, proxy_willi_env
 from tests.support.upstream import DEFAULT_CAPABILITIES, XCLIENT_CAPABILITY, ScriptableUpstream
 from tests.support.willi_process import WilliProcess
 from willi import replies
@@ -39,12 +39,9 @@ def upstream() -> Iterator[ScriptableUpstream]:
 @pytest.fixture(scope="module")
 def willi(tmp_path_factory: pytest.TempPathFactory, upstream: ScriptableUpstream) -> Iterator[WilliProcess]:
     tmp = tmp_path_factory.mktemp("willi-proxy-in")
-    process = start_proxy_willi(proxy_willi_env(
-        tmp, upstream.port, WILLI_PROXY_PROTOCOL_TIMEOUT="1s", WILLI_MAX_CONNECTIONS_PER_IP="2"), tmp)
-    try:
+    with proxy_willi(proxy_willi_env(
+            tmp, upstream.port, WILLI_PROXY_PROTOCOL_TIMEOUT="1s", WILLI_MAX_CONNECTIONS_PER_IP="2"), tmp) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def connect(willi: WilliProcess, source: str = BALANCER) -> SmtpRawClient:

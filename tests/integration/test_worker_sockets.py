@@ -5,21 +5,12 @@ finishes a body in flight, because the parent closes its own copies too."""
 from __future__ import annotations
 
 import signal
-import socket
 import time
 from pathlib import Path
 
-from tests.support.net import SmtpRawClient, free_port, wait_until
+from tests.support.net import SmtpRawClient, free_port, port_refuses, wait_until
 from tests.support.upstream import ScriptableUpstream
 from tests.support.willi_process import WilliProcess
-
-
-def refused(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return False
-    except ConnectionRefusedError:
-        return True
 
 
 def test_with_two_workers_sigterm_closes_the_port_at_once_and_the_body_in_flight_finishes(tmp_path: Path) -> None:
@@ -39,7 +30,7 @@ def test_with_two_workers_sigterm_closes_the_port_at_once_and_the_body_in_flight
 
             signalled = time.monotonic()
             willi.signal(signal.SIGTERM)
-            wait_until(lambda: refused(willi.host, willi.port), 2.0, 0.01, "the listening port to refuse")
+            wait_until(lambda: port_refuses(willi.host, willi.port), 2.0, 0.01, "the listening port to refuse")
             assert time.monotonic() - signalled < 2.0
             assert willi.process is not None and willi.process.poll() is None, "a worker is still draining"
 

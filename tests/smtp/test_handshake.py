@@ -11,23 +11,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.reply import reply
 from willi import replies
 from willi.errors import UpstreamError, UpstreamUnavailable
 from willi.smtp import handshake as hs
 from willi.smtp import xtext
 from willi.smtp.handshake import Credentials, Greeted, Handshake, HandshakeSettings
-from willi.smtp.reply import Reply, ReplyReader
+from willi.smtp.reply import Reply
 from willi.smtp.upstream import ClientInfo, xclient_commands
 
 EXPECT, START_TLS, NEED_NAME = hs.Expect(), hs.StartTLS(), hs.NeedName()
 XCLIENT_ALL = "XCLIENT NAME ADDR PORT PROTO HELO"
 CLIENT = ClientInfo("192.0.2.7", 40123, "client.example", True)
-def reply(raw: bytes) -> Reply:
-    reader = ReplyReader()
-    reader.feed(raw)
-    parsed = reader.next_reply()
-    assert parsed is not None and not reader.pending
-    return parsed
 
 
 def ehlo_reply(name: str, caps: list[str]) -> Reply:

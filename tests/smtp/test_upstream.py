@@ -6,19 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.reply import reply
 from willi import replies
 from willi.errors import NeedsSMTPUTF8, UpstreamError
 from willi.smtp.address import Address
-from willi.smtp.reply import Reply, ReplyReader
 from willi.smtp.upstream import capabilities, mail_command, rcpt_command
-
-
-def reply(raw: bytes) -> Reply:
-    reader = ReplyReader()
-    reader.feed(raw)
-    parsed = reader.next_reply()
-    assert parsed is not None and not reader.pending
-    return parsed
 
 
 # --- capabilities and the transaction's commands ------------------------------------

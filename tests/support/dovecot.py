@@ -14,9 +14,7 @@ its own under /tmp they can reach, removed when it stops. It needs root.
 
 from __future__ import annotations
 
-import email
 import email.message
-import email.policy
 import os
 import shutil
 import signal
@@ -25,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .daemon import launch, maildir_messages, read_logs, reap, wait_started
 from .net import LOOPBACK_V4, LoopbackServer, free_port, port_accepts, wait_until
 
 DOVECOT = "/usr/sbin/dovecot"
@@ -107,15 +106,10 @@ service lmtp {{
         passwd.write_text("".join(f"{user}:{{PLAIN}}{password}\n" for user, password in self.users.items()))
         passwd.chmod(0o644)
         (root / "dovecot.conf").write_text(self._conf(root))
-        self._output = open(root / "start.out", "wb")
-        self.process = subprocess.Popen([DOVECOT, "-c", str(root / "dovecot.conf"), "-F"],
-                                        stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT)
+        self.process, self._output = launch([DOVECOT, "-c", str(root / "dovecot.conf"), "-F"], root / "start.out")
         try:
-            wait_until(lambda: self.process.poll() is not None or (
-                port_accepts(self.host, self.port) and self.auth_socket.exists()),
-                timeout=self.start_timeout, message="dovecot listening")
-            if self.process.poll() is not None:
-                raise RuntimeError(f"dovecot did not start: {self.log()}")
+            wait_started(self.process, lambda: port_accepts(self.host, self.port) and self.auth_socket.exists(),
+                         self.start_timeout, "dovecot", self.log)
         except BaseException:
             self.stop()
             raise
@@ -124,11 +118,7 @@ service lmtp {{
     def stop(self) -> None:
         if self.process is not None:
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            reap(self.process)
             self.process = None
         if self._output is not None:
             self._output.close()
@@ -139,18 +129,12 @@ service lmtp {{
 
     def log(self) -> str:
         assert self.root is not None
-        parts = [self.root / "start.out", self.root / "dovecot.log"]
-        return "".join(p.read_text(errors="replace") for p in parts if p.exists())
+        return read_logs(self.root / "start.out", self.root / "dovecot.log")
 
     def messages(self, user: str) -> list[email.message.EmailMessage]:
         """What LMTP delivered to `user`'s INBOX, oldest first."""
         assert self.root is not None
-        new = self.root / "mail" / user / "new"
-        if not new.is_dir():
-            return []
-        files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)
-        return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
-                for p in files]
+        return maildir_messages(self.root / "mail" / user / "new")
 
     def wait_for_messages(self, user: str, count: int, timeout: float = 15.0) -> list[email.message.EmailMessage]:
         return wait_until(lambda: len(self.messages(user)) >= count and self.messages(user), timeout=timeout,

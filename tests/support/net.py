@@ -61,6 +61,15 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def port_refuses(host: str, port: int) -> bool:
+    """True when a connection attempt to host:port is actively refused."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return False
+    except ConnectionRefusedError:
+        return True
+
+
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     wait_until(
         lambda: port_accepts(host, port),

@@ -24,9 +24,7 @@ that uses it is skipped otherwise.
 
 from __future__ import annotations
 
-import email
 import email.message
-import email.policy
 import os
 import pwd
 import shutil
@@ -35,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .daemon import launch, maildir_messages, read_logs, reap, wait_started
 from .net import LOOPBACK_V4, LoopbackServer, free_port, port_accepts, wait_until
 
 POSTFIX = "/usr/sbin/postfix"
@@ -178,17 +177,10 @@ class PostfixServer(LoopbackServer):
             os.chown(root / name, user.pw_uid, user.pw_gid)
         (root / "conf" / "main.cf").write_text(self._main_cf(root))
         (root / "conf" / "master.cf").write_text(self._master_cf())
-        self._output = open(root / "start.out", "wb")
-        self.process = subprocess.Popen(
-            [POSTFIX, "-c", str(root / "conf"), "start-fg"],
-            stdin=subprocess.DEVNULL, stdout=self._output, stderr=subprocess.STDOUT,
-        )
+        self.process, self._output = launch([POSTFIX, "-c", str(root / "conf"), "start-fg"], root / "start.out")
         try:
-            wait_until(lambda: self.process.poll() is not None or all(
-                port_accepts(self.host, port) for port in self.ports.values()),
-                timeout=self.start_timeout, message="postfix listening")
-            if self.process.poll() is not None:
-                raise RuntimeError(f"postfix did not start: {self.log()}")
+            wait_started(self.process, lambda: all(port_accepts(self.host, port) for port in self.ports.values()),
+                         self.start_timeout, "postfix", self.log)
         except BaseException:
             self.stop()
             raise
@@ -199,11 +191,7 @@ class PostfixServer(LoopbackServer):
             return
         if self.process is not None:
             subprocess.run([POSTFIX, "-c", str(self.root / "conf"), "stop"], capture_output=True, timeout=30)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+            reap(self.process)
             self.process = None
         if self._output is not None:
             self._output.close()
@@ -214,18 +202,12 @@ class PostfixServer(LoopbackServer):
     # --- what it received ---------------------------------------------------------
     def log(self) -> str:
         assert self.root is not None
-        parts = [self.root / "start.out", self.root / "maillog"]
-        return "".join(p.read_text(errors="replace") for p in parts if p.exists())
+        return read_logs(self.root / "start.out", self.root / "maillog")
 
     def messages(self) -> list[email.message.EmailMessage]:
         """Delivered messages, oldest first."""
         assert self.root is not None
-        new = self.root / "mail" / "maildir" / "new"
-        if not new.is_dir():
-            return []
-        files = sorted(new.iterdir(), key=lambda p: p.stat().st_mtime_ns)
-        return [email.message_from_bytes(p.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
-                for p in files]
+        return maildir_messages(self.root / "mail" / "maildir" / "new")
 
     def wait_for_messages(self, count: int, timeout: float = 15.0) -> list[email.message.EmailMessage]:
         return wait_until(lambda: len(self.messages()) >= count and self.messages(), timeout=timeout,

@@ -8,10 +8,12 @@ Every 127.x address is this machine, so a test plays "the balancer" from
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
-from tests.support.net import SmtpRawClient, free_port
-from tests.support.willi_process import WilliProcess
+from tests.support.net import SmtpRawClient
+from tests.support.willi_process import WilliProcess, routed_env
 
 
 def connect_source(host: str, port: int, source: str, timeout: float = 10.0) -> SmtpRawClient:
@@ -31,16 +33,7 @@ def connect_from(willi: WilliProcess, source: str, timeout: float = 10.0) -> Smt
 
 def proxy_willi_env(tmp: Path, upstream_port: int, trusted: str = "127.0.0.1/32", **keys: str) -> dict[str, str]:
     """A Willi routing a.test to `upstream_port`, taking PROXY headers from `trusted`."""
-    table = tmp / "upstreams.csv"
-    table.write_text(f"pattern;server;tls_verify\na.test;127.0.0.1:{upstream_port};false\n")
-    return {
-        "WILLI_LISTEN": f"127.0.0.1:{free_port()}",
-        "WILLI_HOSTNAME": "willi.test",
-        "WILLI_MAPPING_1": f"csv:{table}",
-        "WILLI_PROXY_PROTOCOL": "on",
-        "WILLI_PROXY_PROTOCOL_FROM": trusted,
-        **keys,
-    }
+    return routed_env(tmp, upstream_port, WILLI_PROXY_PROTOCOL="on", WILLI_PROXY_PROTOCOL_FROM=trusted, **keys)
 
 
 def start_proxy_willi(env: dict[str, str], tmp: Path, timeout: float = 10.0) -> WilliProcess:
@@ -53,3 +46,13 @@ def start_proxy_willi(env: dict[str, str], tmp: Path, timeout: float = 10.0) -> 
         willi.stop()
         raise
     return willi
+
+
+@contextmanager
+def proxy_willi(env: dict[str, str], tmp: Path, timeout: float = 10.0) -> Iterator[WilliProcess]:
+    """`start_proxy_willi`, stopped when the block ends."""
+    willi = start_proxy_willi(env, tmp, timeout)
+    try:
+        yield willi
+    finally:
+        willi.stop()

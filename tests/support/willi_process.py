@@ -20,9 +20,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Self
 
-from .net import SmtpRawClient, wait_until
+from .net import SmtpRawClient, free_port, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WILLI_SCRIPT = REPO_ROOT / "willi.py"
@@ -40,6 +40,21 @@ def write_env_file(path: Path, env: Mapping[str, str]) -> Path:
         lines.append(f"{key}={value}\n")
     path.write_text("".join(lines))
     return path
+
+
+def routed_env(tmp: Path, upstream_port: int | None = None, **keys: str) -> dict[str, str]:
+    """A Willi on a free loopback port, named willi.test, routing a.test to
+    127.0.0.1:`upstream_port` (a free port, nobody listening, when None) by a
+    CSV table written into `tmp`; `keys` on top."""
+    table = tmp / "upstreams.csv"
+    port = free_port() if upstream_port is None else upstream_port
+    table.write_text(f"pattern;server;tls_verify\na.test;127.0.0.1:{port};false\n")
+    return {
+        "WILLI_LISTEN": f"127.0.0.1:{free_port()}",
+        "WILLI_HOSTNAME": "willi.test",
+        "WILLI_MAPPING_1": f"csv:{table}",
+        **keys,
+    }
 
 
 def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -136,16 +151,21 @@ class WilliProcess:
 
     # -- lifecycle -------------------------------------------------------
     def start(self) -> "WilliProcess":
+        return self._launch([sys.executable, str(self.script), "--config", str(self.env_file), *self.args])
+
+    def _launch(self, command: list[str], cwd: Path = REPO_ROOT, pass_fds: tuple[int, ...] = ()) -> Self:
+        """Write the env file, run `command`, wait for the greeting (unless
+        told not to); a subclass that starts Willi another way calls this."""
         write_env_file(self.env_file, self.env)
-        command = [sys.executable, str(self.script), "--config", str(self.env_file), *self.args]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(
                 command,
-                cwd=REPO_ROOT,
+                cwd=cwd,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
                 env=child_environ(self.environ),
+                pass_fds=pass_fds,
             )
         if self.wait_ready:
             try:
