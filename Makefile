@@ -1,7 +1,7 @@
 # Two commands for a fresh Debian machine with Python 3.11:
 #   make run    Willi on willi.env.example, in front of a demo upstream
-#   make test   the whole test suite (installs MariaDB, Postfix's smtp-sink, openssl, and
-#               nginx, libnginx-mod-mail and haproxy for the benchmark's smoke run)
+#   make test   the whole test suite; installs what its real servers need (Postfix,
+#               MariaDB, openssl, Dovecot, HAProxy, nginx's mail module, podman)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -138,6 +138,4 @@ class ObservedLogger(LevelMethods):
         return self._observer.logger.enabled(level)
 
     def log(self, level: str, event: str, **fields: object) -> None:
-        if event == "connection_refused" and fields.get("reason") == "connection limit":
-            fields["reason"] = "limit"  # the old listener does not say which one
         self._observer.event(event, level, **{**self._fields, **fields})
