@@ -59,6 +59,9 @@ class Upstream:
             return hs.TLSDone()
         if step == NEED_NAME:
             return hs.NameResolved(self.name or "[UNAVAILABLE]")
+        if getattr(self, "challenged", False):  # the SASL response to our 334 (RFC 4954 §4)
+            self.challenged = False
+            return reply(self.auth)
         assert isinstance(step, bytes) and step.endswith(b"\r\n") and len(step) <= 512, step
         verb = step.split()[0]
         if verb in (b"EHLO", b"LHLO"):
@@ -74,6 +77,9 @@ class Upstream:
         if verb == b"XCLIENT":
             self.xclient_done = True
             return reply(self.xclient)
+        if step == b"AUTH PLAIN\r\n":
+            self.challenged = True
+            return reply(b"334 \r\n")
         if verb == b"AUTH":
             return reply(self.auth)
         raise AssertionError(f"unexpected command {step!r}")
@@ -514,6 +520,33 @@ def test_auth_plain_after_starttls_with_the_credentials() -> None:
     assert upstream.verbs == ["EXPECT", "EHLO", "STARTTLS", "START_TLS", "EHLO", "AUTH"]
     assert upstream.commands[-1] == PLAIN
     assert greeted.authenticated and greeted.capabilities == {"AUTH": "LOGIN PLAIN", "SIZE": "5"}
+
+
+def test_credentials_too_long_for_one_line_go_after_an_empty_challenge() -> None:
+    # RFC 4954 §4: an initial response that would make the command line longer
+    # than 512 octets is left out; the server's 334 asks for it.
+    long = Credentials("u" * 200 + "@example.org", "p" * 200)
+    upstream = Upstream(["AUTH PLAIN"])
+    assert run(upstream, tls_active=True, auth="plain", credentials=long).authenticated
+    command, response = upstream.commands[-2:]
+    assert command == b"AUTH PLAIN\r\n"
+    assert response == hs.auth_plain_response(long) + b"\r\n" and len(response) > 512
+
+
+def test_a_refused_empty_challenge_fails_the_target() -> None:
+    long = Credentials("u" * 400, "p")
+    upstream = Upstream(["AUTH PLAIN"])
+    upstream.respond = _refuse_auth(upstream.respond)  # type: ignore[method-assign]
+    with pytest.raises(UpstreamUnavailable, match="504"):
+        run(upstream, tls_active=True, auth="plain", credentials=long)
+
+
+def _refuse_auth(respond: Any) -> Any:
+    def refusing(command: hs.Command) -> hs.Event:
+        if isinstance(command, hs.Send) and command.data == b"AUTH PLAIN\r\n":
+            return reply(b"504 5.5.4 Unrecognized authentication type\r\n")
+        return respond(command)
+    return refusing
 
 
 def test_auth_plain_on_implicit_tls() -> None:

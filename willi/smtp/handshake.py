@@ -31,7 +31,7 @@ from typing import Mapping
 
 from willi.errors import UpstreamUnavailable
 from willi.smtp.reply import Reply
-from willi.smtp.upstream import XCLIENT_ATTRIBUTES, ClientInfo, capabilities, xclient_commands
+from willi.smtp.upstream import MAX_COMMAND, XCLIENT_ATTRIBUTES, ClientInfo, capabilities, xclient_commands
 
 
 # --- settings and result --------------------------------------------------------
@@ -138,6 +138,7 @@ class State(enum.Enum):
     TLS = "tls"  # TLS handshake running
     NAME = "name"  # waiting for the reverse name
     XCLIENT = "xclient"  # XCLIENT lines sent, replies outstanding
+    AUTH_CHALLENGE = "auth challenge"  # AUTH PLAIN sent without its initial response, 334 awaited
     AUTH = "auth"
     DONE = "done"
 
@@ -179,6 +180,8 @@ class Handshake:
                 return self._on_starttls(event)
             if state is State.XCLIENT:
                 return self._on_xclient(event)
+            if state is State.AUTH_CHALLENGE:
+                return self._on_auth_challenge(event)
             if state is State.AUTH:
                 return self._on_auth(event)
         elif isinstance(event, TLSDone):
@@ -283,7 +286,21 @@ class Handshake:
             return (Send(b"AUTH EXTERNAL =\r\n"),)
         credentials = self.settings.credentials
         assert credentials is not None
-        return (Send(auth_plain_command(credentials)),)
+        command = auth_plain_command(credentials)
+        if len(command) > MAX_COMMAND:
+            # RFC 4954 §4: an initial response that does not fit the command
+            # line is left out and sent after the server's empty challenge.
+            self.state = State.AUTH_CHALLENGE
+            return (Send(b"AUTH PLAIN\r\n"),)
+        return (Send(command),)
+
+    def _on_auth_challenge(self, reply: Reply) -> tuple[Command, ...]:
+        if reply.code != 334:
+            return self._on_auth(reply)
+        self.state = State.AUTH
+        credentials = self.settings.credentials
+        assert credentials is not None
+        return (Send(auth_plain_response(credentials) + b"\r\n"),)
 
     def _on_auth(self, reply: Reply) -> tuple[Command, ...]:
         mechanism = self.settings.auth.upper()
@@ -302,11 +319,15 @@ class Handshake:
         return (Failed(UpstreamUnavailable(why)),)
 
 
-def auth_plain_command(credentials: Credentials) -> bytes:
-    """AUTH PLAIN with its initial response (RFC 4616, RFC 4954 §4): no
-    authorisation identity, then the user and the password."""
+def auth_plain_response(credentials: Credentials) -> bytes:
+    """RFC 4616: no authorisation identity, then the user and the password."""
     message = b"\0%s\0%s" % (credentials.user.encode("utf-8"), credentials.password.encode("utf-8"))
-    return b"AUTH PLAIN %s\r\n" % base64.b64encode(message)
+    return base64.b64encode(message)
+
+
+def auth_plain_command(credentials: Credentials) -> bytes:
+    """AUTH PLAIN with its initial response (RFC 4954 §4)."""
+    return b"AUTH PLAIN %s\r\n" % auth_plain_response(credentials)
 
 
 def _token(name: str) -> bytes:
