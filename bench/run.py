@@ -100,7 +100,7 @@ def pick_workloads(text: str) -> list[Workload]:
 
 def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
     """The configurations a workload runs: W4 has no `direct`, W5 its TLS variants,
-    W6 and W7 Willi's alone, and willi-nopool runs W1 and W2 only."""
+    W6 and W7 Willi's alone, willi-nopool runs W1 and W2 only, willi-info W1 only."""
     if wl.tls:
         return [setups.TLS_NAMES[s] for s in chosen if s in setups.TLS_NAMES
                 and (s not in setups.RESUME_SETUPS or wl.key in setups.RESUME_WORKLOADS)]
@@ -109,6 +109,8 @@ def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
         return [s for s in chosen if s in setups.WILLI_SETUPS]
     if wl.key not in setups.POOL_WORKLOADS:
         chosen = [s for s in chosen if s != "willi-nopool"]
+    if wl.key not in setups.LOG_WORKLOADS:
+        chosen = [s for s in chosen if s != "willi-info"]
     return [s for s in chosen if not (wl.kind == "idle" and s == "direct")]
 
 
@@ -335,6 +337,10 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         "client speaks first (its RFC 2487 detection; 5 sequential messages took 1.08 s), "
         "which caps a 50-session connection-per-message load at 250 msg/s, and its thread per "
         "connection cost about 7 ms of CPU per connection on this VM (tlsrelay.py: about 2 ms).",
+        "- `willi-info` (W1 only): Willi with `WILLI_LOG_LEVEL=info`, so every message "
+        "writes its recipient and transaction lines and every session its connect and "
+        "disconnect lines (through the log writer thread): what the logs cost beside the "
+        "default `warning`.",
         "- `willi-nopool` (W1 and W2 only): Willi with `WILLI_UPSTREAM_POOL_IDLE=0`, so "
         "every client connection costs an upstream connection as it does for nginx and "
         "HAProxy: the per-connection cost compared like for like. Willi's default keeps idle "

@@ -261,9 +261,10 @@ SETUPS = {
     "willi-nopool": start_willi_nopool,
 }
 DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi", "willi-w2", "willi-nopool", "willi-noresume",
-                  "willi-resume"]
+                  "willi-resume", "willi-info"]
 WILLI_SETUPS = ("willi", "willi-w2")  # W6 and W7 measure Willi's own mappings: Willi only
 POOL_WORKLOADS = ("W1", "W2")  # where willi-nopool runs: the upstream pool's effect
+LOG_WORKLOADS = ("W1",)  # where willi-info runs: what logging at info costs
 
 # W5 (STARTTLS on both sides): what each chosen configuration becomes. HAProxy
 # cannot speak STARTTLS (it only terminates TLS from the first byte), so it is
@@ -291,7 +292,7 @@ def start_willi_info(registry: Registry, rundir: Path, sink_port: int, opts: Opt
     return start_willi(registry, rundir, sink_port, opts, {"WILLI_LOG_LEVEL": "info"}, "willi-info")
 
 
-SETUPS["willi-info"] = start_willi_info  # --only willi,willi-info --workload W1
+SETUPS["willi-info"] = start_willi_info  # W1 only (LOG_WORKLOADS)
 SETUPS["willi-noresume"] = SETUPS["willi-resume"] = start_willi_nopool  # W5 names; see RESUME_SETUPS
 
 
