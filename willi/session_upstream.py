@@ -5,8 +5,8 @@ It routes (inline when the router answers from memory, else in the worker
 pool under WILLI_LOOKUP_TIMEOUT), dials through the Dialer, owns the link
 while the relay is bound to it (`attach`/`detach`, the link's owner
 callbacks), writes commands and body bytes, and runs the stall timer (an
-upstream that takes no body byte for WILLI_UPSTREAM_DATA_TIMEOUT). Events
-from a lookup, a dial or a link the relay has let go are dropped here: a
+upstream that takes no body byte for WILLI_UPSTREAM_DATA_TIMEOUT). The
+events of a lookup, a dial or a link the relay has let go are dropped here: a
 token and the identity of the link say which are current.
 """
 

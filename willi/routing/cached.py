@@ -3,8 +3,8 @@ the rules for serving from it (SPEC §3).
 
 A database (MySQL, SQLite) is a mapping that can block, be slow or be gone.
 Its queries run only in worker threads; answers are cached, hits for
-cache_ttl and misses for miss_ttl, so the reactor answers most recipients
-from memory through `peek`; while the database fails, a route older than its
+cache_ttl and misses for miss_ttl, so the reactor answers most recipients out
+of memory through `peek`; while the database fails, a route older than its
 TTL but younger than stale_ttl is still served, so an outage does not turn
 every known recipient into a 451. `CachedMapping` holds those rules once;
 a subclass only says how to ask its database (`_lookup`).
