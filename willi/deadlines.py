@@ -87,10 +87,15 @@ DATA_RATE = "body below the minimum data rate"
 class ClientDeadline:
     """One session's client deadline; see the module docstring for the rules."""
 
-    __slots__ = ("settings", "_stressed", "_deadline", "_stress_deadline", "_held", "_body", "_lines")
+    __slots__ = ("settings", "_stressed", "_deadline", "_stress_deadline", "_held", "_body", "_lines",
+                 "_timeout", "_stress_timeout", "_per_record")
 
     def __init__(self, settings: DeadlineSettings, stressed: Callable[[], bool], now: float) -> None:
         self.settings = settings
+        # Re-armed for every line: the settings are frozen, so read them once.
+        self._timeout = settings.client_timeout(False)
+        self._stress_timeout = settings.client_timeout(True)
+        self._per_record = settings.record_deadline
         self._stressed = stressed
         self._held = 0
         self._body = False
@@ -124,9 +129,11 @@ class ClientDeadline:
         over-long line, or a line without end would re-arm the deadline."""
         if lines_read != self._lines:
             self._lines = lines_read
-            self.line_completed(now)
-        else:
-            self.command_bytes(now)
+            self._body = False
+        elif self._per_record:
+            return
+        self._deadline = now + self._timeout
+        self._stress_deadline = now + self._stress_timeout
 
     def body_started(self, now: float) -> None:
         """The 354 went out: the body has `timeout` seconds in hand."""
@@ -141,9 +148,8 @@ class ClientDeadline:
             self._arm(now)
             return
         earned = n / rate
-        settings = self.settings
-        self._deadline = min(self._deadline + earned, now + settings.client_timeout(False))
-        self._stress_deadline = min(self._stress_deadline + earned, now + settings.client_timeout(True))
+        self._deadline = min(self._deadline + earned, now + self._timeout)
+        self._stress_deadline = min(self._stress_deadline + earned, now + self._stress_timeout)
 
     def body_ended(self, now: float) -> None:
         """The end of data was read: commands again, a fresh record."""
@@ -187,5 +193,5 @@ class ClientDeadline:
 
     # --- inside -------------------------------------------------------------------------
     def _arm(self, now: float) -> None:
-        self._deadline = now + self.settings.client_timeout(False)
-        self._stress_deadline = now + self.settings.client_timeout(True)
+        self._deadline = now + self._timeout
+        self._stress_deadline = now + self._stress_timeout

@@ -140,6 +140,28 @@ def within(ip: str, networks: tuple[Network, ...]) -> bool:
     return any(address in network for network in networks)
 
 
+class Networks:
+    """`ip in networks`, asked for every connection: parsing an address costs
+    more than the rest of an accept, so answers are kept per address (at
+    most MAX_KNOWN of them; then forgotten all at once)."""
+
+    MAX_KNOWN = 4096
+
+    __slots__ = ("networks", "_known")
+
+    def __init__(self, networks: tuple[Network, ...]) -> None:
+        self.networks = networks
+        self._known: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        known = self._known.get(ip)
+        if known is None:
+            if len(self._known) >= self.MAX_KNOWN:
+                self._known.clear()
+            known = self._known[ip] = within(ip, self.networks)
+        return known
+
+
 class Front:
     """Accepts clients on every listening socket, reads their PROXY header
     when there is one, and counts them."""
@@ -157,7 +179,7 @@ class Front:
         self.max_per_ip = max_per_ip
         self.logger = logger
         self.rate = rate if rate is not None else ConnectionRate(0)
-        self.rate_exceptions = rate_exceptions
+        self.rate_exceptions = Networks(rate_exceptions)
         self.proxy_from = proxy_from  # None: no PROXY protocol
         self.proxy_timeout = proxy_timeout
         self.observer: Observer = observer if observer is not None else _LoggedEvents(logger)
@@ -195,7 +217,7 @@ class Front:
         """The client's own address is known: the per-IP checks, then a session.
         `counted=False` for a balancer speaking for itself (LOCAL, UNKNOWN)."""
         ip = peer[0]
-        if counted and not within(ip, self.rate_exceptions) and not self.rate.connect(ip, self.reactor.time()):
+        if counted and ip not in self.rate_exceptions and not self.rate.connect(ip, self.reactor.time()):
             self.refuse(sock, ip, "rate_limit", replies.CONNECTION_RATE_EXCEEDED, balancer)
             return
         if self.per_ip.get(ip, 0) >= self.max_per_ip:

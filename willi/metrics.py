@@ -18,6 +18,7 @@ The names follow Prometheus conventions: `_total` for counters, base units
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from typing import Callable, Iterable
 
 MAX_SERIES = 64  # label combinations per metric; more become "other"
@@ -67,8 +68,12 @@ class Counter(_Metric):
         self.values: dict[Labels, float] = {} if self.labelnames else {(): 0.0}
 
     def inc(self, *labels: str, amount: float = 1.0) -> None:
-        key = labels if labels in self.values else self._key(labels, self.values)
-        self.values[key] = self.values.get(key, 0.0) + amount
+        values = self.values
+        if labels in values:  # every bump after a series' first
+            values[labels] += amount
+        else:
+            key = self._key(labels, values)
+            values[key] = values.get(key, 0.0) + amount
 
     def value(self, *labels: str) -> float:
         if self._function is not None and not labels:
@@ -109,8 +114,7 @@ class Histogram(_Metric):
     def observe(self, value: float, *labels: str) -> None:
         key = self._key(labels, self.series)
         counts, total = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-        index = next((i for i, bound in enumerate(self.buckets) if value <= bound), len(self.buckets))
-        counts[index] += 1
+        counts[bisect_left(self.buckets, value)] += 1  # the first bound >= value, or +Inf
         total[0] += value
 
     def count(self, *labels: str) -> int:

@@ -85,8 +85,13 @@ class Observer:
         bump = self._events.get(name)
         if bump is not None:
             bump(fields)
-        if name == "lookup":
-            level = "warning" if fields.get("result") == "error" else "debug"
+        if name == "lookup":  # one per RCPT: written at debug only, unless it failed
+            if fields.get("result") == "error":
+                level = "warning"
+            elif not self.debug_enabled:
+                return
+            else:
+                level = "debug"
         self._log(level, name, fields)
 
     def _log(self, level: str, name: str, fields: dict[str, object]) -> None:

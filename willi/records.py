@@ -10,6 +10,10 @@ Outcomes use Postfix's words, so operators' greps carry over:
 `sent` (the upstream took the message), `deferred` (4xx, or the transaction
 ended without a final reply), `bounced` (5xx to the message), `refused` (5xx
 to the recipient).
+
+Records are slotted dataclasses but not frozen ones (a frozen constructor
+costs twice as much, and a few are built for every message); nobody changes
+one after it is handed over.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ def status_of(code: int | None, at_rcpt: bool) -> str:
     return SENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RecipientRecord:
     """One recipient's fate: at RCPT when refused or deferred there, else
     when its transaction ends (sent, bounced, deferred, or aborted)."""
@@ -51,7 +55,7 @@ class RecipientRecord:
     aborted: str | None = None  # why the transaction ended without a final reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TransactionRecord:
     """One transaction that reached RCPT."""
 
@@ -75,7 +79,7 @@ class TransactionRecord:
     chunking: bool = False  # BDAT rather than DATA
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SessionRecord:
     """A session's start (`event="connect"`) or end (`event="disconnect"`)."""
 

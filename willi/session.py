@@ -12,7 +12,6 @@ deadline and the TLS handshake's timer are `session_clock.ClientClock`.
 
 from __future__ import annotations
 
-import collections
 from typing import TYPE_CHECKING, Any, Callable
 
 import willi.relay.commands as c
@@ -21,7 +20,7 @@ from willi import replies
 from willi.connection import Connection
 from willi.context import format_traceback
 from willi.session_clock import ClientClock
-from willi.flow import CLIENT_FULL, Flow
+from willi.flow import BACKLOG, CLIENT_FULL, Flow
 from willi.records import RecipientRecord, SessionRecord
 from willi.relay import Relay, State
 from willi.session_upstream import UPSTREAM_EXECUTE, UpstreamSide
@@ -47,7 +46,7 @@ class Session:
         self.closed = False
         self.eof = False  # the client half-closed: finish, reply, then close
         self.client_tls: str | None = None
-        self._events: collections.deque[e.Event] = collections.deque()
+        self._events: list[e.Event] = []  # a deque would cost 760 bytes a session; this is short
         self._pumping = False
         self._faulted = False
         self.client = Connection.accepted(ctx.reactor, sock, self)
@@ -72,12 +71,14 @@ class Session:
         now = self.ctx.reactor.time()
         if self.relay.state in BODY_STATES:
             self.clock.deadline.body_bytes(len(data), now)
-            self.post(e.BodyReceived(data.obj, 0, len(data)))
+            self._events.append(e.BodyReceived(data.obj, 0, len(data)))
             self.pump()
-            return
-        self.proto.feed(data)
-        self.pump()
-        self.clock.deadline.fed(self.proto.lines_read, now)
+        else:
+            self.proto.feed(data)
+            self.pump()
+            self.clock.deadline.fed(self.proto.lines_read, now)
+        if not self.closed:
+            self.flow.backlog(self.proto.buffered)  # only input makes the backlog grow
 
     def on_eof(self, conn: Connection) -> None:
         """A read EOF is not a lost connection: what was received is worked
@@ -106,47 +107,57 @@ class Session:
         if self._pumping or self.closed:
             return
         self._pumping = True
+        events, proto = self._events, self.proto
         try:
             while not self.closed:
-                if self._events:
-                    self._run(self._events.popleft())
+                if events:
+                    self._run(events.pop(0))
                     continue
-                event = self.proto.next_event()
+                event = proto.next_event()
                 if event is None:
                     break
-                self._client_event(event)
+                CLIENT_EVENTS[type(event)](self, event)
         finally:
             self._pumping = False
         if self.closed:
             return
-        self._flush_client()
+        if proto.has_output:
+            self.client.write(proto.take_output())
         if self.ctx.draining and self._idle():
             self.say_goodbye(replies.SHUTTING_DOWN)
-        elif self.eof and self.proto.phase is smtp.Phase.COMMAND and self.relay.state is State.IDLE:
-            self.close("client lost", flush=True)  # everything it sent is answered
-        elif self.eof and self.relay.state in BODY_STATES:
-            self.close("client lost")  # the rest of the body or chunk will never come
-        else:
-            self.flow.backlog(self.proto.buffered)
+        elif self.eof:
+            if proto.phase is smtp.Phase.COMMAND and self.relay.state is State.IDLE:
+                self.close("client lost", flush=True)  # everything it sent is answered
+            elif self.relay.state in BODY_STATES:
+                self.close("client lost")  # the rest of the body or chunk will never come
+        elif self.flow.paused & BACKLOG:
+            self.flow.backlog(proto.buffered)  # worked off: read again
 
-    def _client_event(self, event: smtp.Event) -> None:
+    # --- the client protocol's events, as relay events (CLIENT_EVENTS) ---------------
+    def _rcpt(self, event: smtp.Rcpt) -> None:
         proto = self.proto
-        if isinstance(event, smtp.Rcpt):
-            assert proto.mail is not None
-            self._run(e.ClientRcpt(event.address, proto.mail, proto.mail_params, proto.helo, self.client_tls))
-        elif isinstance(event, smtp.Data):
-            self._run(e.ClientData())
-        elif isinstance(event, smtp.Bdat):
-            self._run(e.ClientBdat(event.size, event.last))
-        elif isinstance(event, smtp.Reset):
-            self._run(e.ClientReset())
-        elif isinstance(event, smtp.StartTLS):
-            self._run(e.ClientStartTLS())
-        else:  # Quit, Close: the protocol has queued 221 or 421
-            self._flush_client()
-            self.close("client quit" if isinstance(event, smtp.Quit) else event.reason, flush=True)
+        assert proto.mail is not None
+        self._run(e.ClientRcpt(event.address, proto.mail, proto.mail_params, proto.helo, self.client_tls))
+
+    def _data(self, event: smtp.Data) -> None:
+        self._run(e.ClientData())
+
+    def _bdat(self, event: smtp.Bdat) -> None:
+        self._run(e.ClientBdat(event.size, event.last))
+
+    def _reset(self, event: smtp.Reset) -> None:
+        self._run(e.ClientReset())
+
+    def _starttls(self, event: smtp.StartTLS) -> None:
+        self._run(e.ClientStartTLS())
+
+    def _goodbye(self, event: smtp.Quit | smtp.Close) -> None:
+        """Quit, Close: the protocol has queued 221 or 421."""
+        self._flush_client()
+        self.close("client quit" if isinstance(event, smtp.Quit) else event.reason, flush=True)
 
     def _run(self, event: e.Event) -> None:
+        up = self.up
         for command in self.relay.handle(event, self.ctx.reactor.time()):
             if self.closed:
                 break  # closed by an earlier command (a write found the client gone)
@@ -154,7 +165,7 @@ class Session:
             if execute is not None:
                 execute(self, command)
             else:
-                UPSTREAM_EXECUTE[type(command)](self.up, command)
+                UPSTREAM_EXECUTE[type(command)](up, command)
 
     def _flush_client(self) -> None:
         out = self.proto.take_output()
@@ -281,4 +292,14 @@ EXECUTE: dict[type, Callable[[Session, Any], None]] = {
     c.StartClientTLS: Session._start_client_tls,
     c.Emit: Session._emit,
     c.Notice: Session._notice,
+}
+
+CLIENT_EVENTS: dict[type, Callable[[Session, Any], None]] = {
+    smtp.Rcpt: Session._rcpt,
+    smtp.Data: Session._data,
+    smtp.Bdat: Session._bdat,
+    smtp.Reset: Session._reset,
+    smtp.StartTLS: Session._starttls,
+    smtp.Quit: Session._goodbye,
+    smtp.Close: Session._goodbye,
 }

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 class UpstreamSide:
     """Routing, dialing and the link, for one session."""
 
-    __slots__ = ("session", "ctx", "link", "dialing", "token", "stall_timer")
+    __slots__ = ("session", "ctx", "link", "dialing", "token", "stall_timer", "_on_reply")
 
     def __init__(self, session: "Session") -> None:
         self.session = session
@@ -42,6 +42,7 @@ class UpstreamSide:
         self.dialing: Any = None
         self.token = 0  # a lookup or dial whose token is stale is ignored
         self.stall_timer: Any = None
+        self._on_reply: Callable[[Any], None] | None = None  # the bound link's replies go here
 
     def _answer(self, event: e.Event) -> None:
         """Hand an asynchronous outcome to the relay and let the session run."""
@@ -88,10 +89,12 @@ class UpstreamSide:
     # --- dialing ---------------------------------------------------------------------
     def dial(self, cmd: c.Dial) -> None:
         token, session = self._next_token(), self.session
-        try:
-            local = session.client.sock.getsockname()[:2]  # a PROXY header's destination
-        except OSError:
-            local = (None, 0)
+        local: tuple[Any, int] = (None, 0)
+        if self.ctx.dialer.sends_proxy_header:
+            try:
+                local = session.client.sock.getsockname()[:2]  # the header's destination
+            except OSError:
+                pass
         proto = session.proto
         client = ClientInfo(session.peer[0], session.peer[1], proto.helo, proto.esmtp, local[0], local[1])
 
@@ -115,6 +118,7 @@ class UpstreamSide:
 
     def _adopt(self, link: UpstreamLink) -> None:
         self.link = link
+        self._on_reply = self._reply_callback(link)
         if link.conn is not None:
             link.conn.guardian = self.session  # a fault on the upstream side ends the session
         link.attach(self)
@@ -125,19 +129,23 @@ class UpstreamSide:
         if link is None:
             return  # lost while this command list ran: its UpstreamLost is queued
         timeout = self.ctx.data_timeout if cmd.timeout == c.DATA_TIMEOUT else self.ctx.command_timeout
-        on_reply = self._reply_callback(link)
-        if not cmd.lines:
+        on_reply, lines = self._on_reply, cmd.lines
+        assert on_reply is not None
+        if not lines:
             link.expect(on_reply, timeout)
-        elif len(cmd.lines) == 1:
-            link.command(cmd.lines[0], on_reply, timeout)
+        elif len(lines) == 1:
+            link.command(lines[0], on_reply, timeout)
         else:
-            link.pipeline(tuple((line, on_reply) for line in cmd.lines), timeout)
+            link.pipeline(lines, on_reply, timeout)
 
     def _reply_callback(self, link: UpstreamLink) -> Callable[[Any], None]:
+        session = self.session
+
         def on_reply(outcome: Any) -> None:
-            if link is not self.link or self.session.closed:
+            if link is not self.link or session.closed:
                 return  # a link the relay let go
-            self._answer(e.UpstreamReplied(outcome) if isinstance(outcome, Reply) else e.UpstreamFailed(outcome))
+            session.post(e.UpstreamReplied(outcome) if type(outcome) is Reply else e.UpstreamFailed(outcome))
+            session.pump()
 
         return on_reply
 
@@ -151,6 +159,7 @@ class UpstreamSide:
             self.dialing = None
             self._next_token()
         link, self.link = self.link, None
+        self._on_reply = None
         self.cancel_stall_timer()
         self.session.flow.resume(UPSTREAM_FULL)
         if link is None:

@@ -40,7 +40,7 @@ class Chunking:
             elif "CHUNKING" not in link.capabilities:
                 self._stuffer = DotStuffer()
                 self.state = State.CHUNK_DATA_SENT
-                self._do(c.Send((b"DATA\r\n",)))
+                self._out.append(c.Send((b"DATA\r\n",)))
                 return
         self._read_chunk()
 
@@ -52,11 +52,11 @@ class Chunking:
             # client may still abandon.
             only_last = self._last and not self._remaining
             self._last_pending = False
-            self._do(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
+            self._out.append(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
                             c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
         self.state = State.CHUNK
         if self._remaining:
-            self._do(c.ReadBody())
+            self._out.append(c.ReadBody())
         else:
             self._chunk_read()
 
@@ -86,14 +86,14 @@ class Chunking:
             if scanner.violation is not None:
                 too_big = scanner.violation is TOO_BIG
                 self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
-                self._do(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
+                self._out.append(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
                 self._drop(abort=True)  # never finish a refused message
             elif self._stuffer is not None:
-                self._do(c.SendBody(self._stuffer.feed(memoryview(buf)[start:upto])))
+                self._out.append(c.SendBody(self._stuffer.feed(memoryview(buf)[start:upto])))
             elif upto > start:
-                self._do(c.SendBody(memoryview(buf)[start:upto]))
+                self._out.append(c.SendBody(memoryview(buf)[start:upto]))
         if upto < stop:
-            self._do(c.FeedClient(memoryview(buf)[upto:stop]))  # the next command, pipelined
+            self._out.append(c.FeedClient(memoryview(buf)[upto:stop]))  # the next command, pipelined
         if not self._remaining:
             self._chunk_read()
 
@@ -104,17 +104,17 @@ class Chunking:
             self._chunk_answer(self._failure, WILLI)
         elif self._stuffer is not None:
             if self._last:
-                self._do(c.SendBody(self._stuffer.finish()))
+                self._out.append(c.SendBody(self._stuffer.finish()))
                 self._size = self._chunk.size
                 self.state = State.FINAL
-                self._do(c.Send((), c.DATA_TIMEOUT))
+                self._out.append(c.Send((), c.DATA_TIMEOUT))
             else:
                 self._chunk_answer(replies.chunk_received(self._chunk.size), WILLI, accepted=True)
         else:
             self.state = State.CHUNK_SENT
             if self._last and self._this and not self._last_pending:
                 self._last_pending = True  # the chunk's reply, then the message's
-                self._do(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
+                self._out.append(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
             early, self._early = self._early, None
             if isinstance(early, e.UpstreamReplied):
                 self._on_chunk_reply(early)
@@ -134,7 +134,7 @@ class Chunking:
             self._drop(abort=True)
         elif not reply.positive and not self._last and self.link is not None:
             self._ignore += 1  # a refused middle chunk: the upstream's transaction is reset
-            self._do(c.Send((b"RSET\r\n",)))
+            self._out.append(c.Send((b"RSET\r\n",)))
         raw = demote_421(reply)
         if not reply.positive:
             self._failure = raw  # and every later chunk hears the same (RFC 3030 §4.2)
@@ -142,7 +142,7 @@ class Chunking:
 
     def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
         self._failure = event.error.reply
         self._chunk_answer(self._failure, WILLI)
 
@@ -155,7 +155,7 @@ class Chunking:
             self._early = event
 
     def _on_chunk_stalled(self, event: e.TimerFired) -> None:
-        self._do(c.Notice("upstream_failed", "warning", (("error", "upstream stopped reading the body"),)))
+        self._out.append(c.Notice("upstream_failed", "warning", (("error", "upstream stopped reading the body"),)))
         self._drop(abort=True)
         if self._failure is None:
             self._failure = replies.UPSTREAM_TIMEOUT
@@ -167,4 +167,4 @@ class Chunking:
             self._finish(reply, src, self._size)
             return
         self.state = State.IDLE
-        self._do(c.Answer(reply, accepted))
+        self._out.append(c.Answer(reply, accepted))

@@ -1,6 +1,8 @@
 """What the relay machine asks for: typed commands out (mitmproxy's
 commands.py). The session executes them in order and does nothing else on
 the relay's behalf; tests compare them with the expected conversation.
+Plain slotted dataclasses, not frozen ones: a frozen one's constructor costs
+twice as much, and several are built for every message.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ class Command:
 
 
 # --- the client -----------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer(Command):
     """Finish the client's pending RCPT or DATA with `reply`."""
 
@@ -28,14 +30,14 @@ class Answer(Command):
     accepted: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ReadBody(Command):
     """The 354 is out, or a BDAT chunk is to be read: client bytes now go to
     the relay as BodyReceived, starting with what the client pipelined behind
     the command."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BodyDone(Command):
     """The message is over: answer the end of data with `reply`; client bytes
     go back to the command protocol."""
@@ -43,40 +45,40 @@ class BodyDone(Command):
     reply: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class FeedClient(Command):
     """Bytes the client sent after its end of data: commands again."""
 
     data: Any  # memoryview of the BodyReceived buffer
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class EndClientTransaction(Command):
     """The upstream is gone: the client's transaction is void (a new MAIL
     needs no RSET)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StartClientTLS(Command):
     """Run the client's TLS handshake (its 220 is already queued)."""
 
 
 # --- routing and the upstream --------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LookUp(Command):
     """Route `address`; RouteAnswered follows."""
 
     address: Address
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Dial(Command):
     """Get a link for `route` (from the pool or new); LinkReady or DialFailed follows."""
 
     route: Route
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send(Command):
     """Commands for the upstream, pipelined in one write; one reply each
     follows, in order (UpstreamReplied or UpstreamFailed). With `lines` empty,
@@ -86,14 +88,14 @@ class Send(Command):
     timeout: str = COMMAND_TIMEOUT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SendBody(Command):
     """Message bytes: no reply expected for them."""
 
     data: Any  # bytes | memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DropLink(Command):
     """Let the link go: aborted (RST: a command or a body is in flight, so no
     dot or QUIT may follow), quit (QUIT: a transaction is open upstream, so it
@@ -105,14 +107,14 @@ class DropLink(Command):
 
 
 # --- telling ----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Emit(Command):
     """Hand `record` (RecipientRecord, TransactionRecord) to the Observer."""
 
     record: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Notice(Command):
     """An Observer event: `name` with `fields` (body_refused, upstream_failed)."""
 

@@ -5,6 +5,7 @@ threads into these and hands them to `Relay.handle`; nothing else reaches the
 machine. Client events come from the client-facing ServerProtocol once it has
 parsed a command; upstream events come from the link the relay is bound to
 (the session drops those of a link the relay already let go).
+Not frozen, for the constructor's cost (see commands.py); nobody changes one.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Event:
 
 
 # --- the client ---------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientRcpt(Event):
     """RCPT TO parsed and in sequence; `sender` etc. are the transaction's."""
 
@@ -51,12 +52,12 @@ class ClientRcpt(Event):
     tls: str | None = None  # the client's TLS, as logged
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientData(Event):
     """DATA with at least one accepted recipient."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientBdat(Event):
     """BDAT in sequence (RFC 3030): `size` bytes follow; `last` ends the message."""
 
@@ -64,17 +65,17 @@ class ClientBdat(Event):
     last: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientReset(Event):
     """RSET, or EHLO/HELO inside a transaction."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientStartTLS(Event):
     """STARTTLS accepted (220 queued): the client side changes its TLS."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientGone(Event):
     """The session ends: `reason` is QUIT's "client quit", "client lost",
     "client timeout", "too many errors", "shutdown", ..."""
@@ -82,7 +83,7 @@ class ClientGone(Event):
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BodyReceived(Event):
     """Client bytes while the relay reads a body or a BDAT chunk: buf[start:stop], valid only
     during the call (it may be the reactor's shared receive buffer)."""
@@ -93,7 +94,7 @@ class BodyReceived(Event):
 
 
 # --- routing and dialing ----------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RouteAnswered(Event):
     """The router's answer to LookUp: a route, None (no route), or `failure`
     (the reply for a lookup that failed or timed out)."""
@@ -103,14 +104,14 @@ class RouteAnswered(Event):
     error: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LinkReady(Event):
     """Dial succeeded: this link greeted and is ours."""
 
     link: LinkView
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DialFailed(Event):
     """Every target of the route failed."""
 
@@ -118,28 +119,28 @@ class DialFailed(Event):
 
 
 # --- the upstream -------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamReplied(Event):
     """The next reply, in command order."""
 
     reply: Reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamFailed(Event):
     """An awaited reply will not come: lost, timed out, or garbage."""
 
     error: UpstreamError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpstreamLost(Event):
     """The link went away while no reply was awaited."""
 
     error: UpstreamError
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TimerFired(Event):
     """A timer the session runs for the relay: `UPSTREAM_STALLED` (the upstream
     took no body bytes for the data timeout)."""

@@ -87,7 +87,7 @@ class Relay(Chunking):
     def handle(self, event: e.Event, now: float) -> list[c.Command]:
         self._now = now
         out = self._out = []
-        if self._swallowed(event):
+        if self._ignore and self._swallowed(event):
             return out
         action = TRANSITIONS.get((self.state, type(event)))
         if action is None:
@@ -118,13 +118,14 @@ class Relay(Chunking):
                               str(event.sender), event.helo, event.tls)
         self._rcpt = event
         self.state = State.ROUTING
-        self._do(c.LookUp(event.address))
+        self._out.append(c.LookUp(event.address))
 
     def _on_route(self, event: e.RouteAnswered) -> None:
         rcpt = self._rcpt
         assert rcpt is not None
         if event.failure is not None:
-            self._do(c.Notice("lookup_failed", "warning", (("rcpt", str(rcpt.address)), ("error", event.error))))
+            self._out.append(c.Notice("lookup_failed", "warning",
+                                      (("rcpt", str(rcpt.address)), ("error", event.error))))
             self._refuse(event.failure, WILLI)
             return
         if event.route is None:
@@ -152,7 +153,7 @@ class Relay(Chunking):
             return
         self._drop(abort=False)
         self.state = State.DIALING
-        self._do(c.Dial(route))
+        self._out.append(c.Dial(route))
 
     def _on_link(self, event: e.LinkReady) -> None:
         assert not self._ignore, "a new link owes no reply"
@@ -161,7 +162,7 @@ class Relay(Chunking):
 
     def _on_dial_failed(self, event: e.DialFailed) -> None:
         server = self._route.server if self._route is not None else None
-        self._do(c.Notice("upstream_unavailable", "warning", (("server", server), ("error", event.error))))
+        self._out.append(c.Notice("upstream_unavailable", "warning", (("server", server), ("error", event.error))))
         self._refuse(replies.UPSTREAM_UNAVAILABLE, WILLI)
 
     def _send_envelope(self, fresh: bool) -> None:
@@ -179,9 +180,9 @@ class Relay(Chunking):
         self._pipelined = "PIPELINING" in link.capabilities
         self.state = State.MAIL_SENT
         if self._pipelined:
-            self._do(c.Send((mail, rcpt_command(rcpt.address))))
+            self._out.append(c.Send((mail, rcpt_command(rcpt.address))))
         else:
-            self._do(c.Send((mail,)))
+            self._out.append(c.Send((mail,)))
 
     def _on_mail_reply(self, event: e.UpstreamReplied) -> None:
         reply = event.reply
@@ -190,7 +191,7 @@ class Relay(Chunking):
             self.state = State.RCPT_SENT
             if not self._pipelined:
                 assert self._rcpt is not None
-                self._do(c.Send((rcpt_command(self._rcpt.address),)))
+                self._out.append(c.Send((rcpt_command(self._rcpt.address),)))
             return
         if self._pipelined:  # the RCPT's reply follows; the client gets this one
             self._mail_refused = reply
@@ -205,7 +206,7 @@ class Relay(Chunking):
             assert self.link is None and self._rcpt is not None
             self.state = State.DIALING
             assert self._route is not None
-            self._do(c.Dial(self._route))
+            self._out.append(c.Dial(self._route))
             return
         self._upstream_failed(event.error, in_rcpt=True)
 
@@ -230,14 +231,14 @@ class Relay(Chunking):
         self.state = State.IDLE
         if accepted:
             txn.accept(str(rcpt.address))
-            self._do(c.Answer(reply.raw, True))
+            self._out.append(c.Answer(reply.raw, True))
         else:
             self._do(c.Emit(txn.refuse(str(rcpt.address), reply.raw, UPSTREAM)), c.Answer(reply.raw, False))
 
     def _send_rcpt(self) -> None:
         assert self._rcpt is not None
         self.state = State.RCPT_SENT
-        self._do(c.Send((rcpt_command(self._rcpt.address),)))
+        self._out.append(c.Send((rcpt_command(self._rcpt.address),)))
 
     def _refuse(self, reply: bytes, src: str) -> None:
         """Willi's own answer to the RCPT at hand; the transaction goes on."""
@@ -253,7 +254,7 @@ class Relay(Chunking):
             self._end_lost(replies.UPSTREAM_LOST, data=True)
             return
         self.state = State.DATA_SENT
-        self._do(c.Send((b"DATA\r\n",)))
+        self._out.append(c.Send((b"DATA\r\n",)))
 
     def _on_data_reply(self, event: e.UpstreamReplied) -> None:
         reply = event.reply
@@ -271,11 +272,11 @@ class Relay(Chunking):
         self.state = State.IDLE  # DATA refused: relayed, the transaction stays open
         assert self.txn is not None
         self.txn.last, self.txn.last_src = reply.raw, UPSTREAM
-        self._do(c.Answer(reply.raw, False))
+        self._out.append(c.Answer(reply.raw, False))
 
     def _on_data_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
         self._end_lost(event.error.reply, data=True)
 
     def _on_body(self, event: e.BodyReceived) -> None:
@@ -290,33 +291,33 @@ class Relay(Chunking):
             else:
                 too_big = scanner.violation is TOO_BIG
                 self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
-                self._do(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
+                self._out.append(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
                 self._drop(abort=True)  # never finish a refused message: no final dot
                 self.state = State.DRAIN
         if end < 0:
             return
         self._scanner = None
         if end < stop:
-            self._do(c.FeedClient(memoryview(buf)[end:stop]))  # pipelined commands after the dot
+            self._out.append(c.FeedClient(memoryview(buf)[end:stop]))  # pipelined commands after the dot
         size = scanner.size - 3  # the final ".\r\n" is no content
         if self._failure is not None:
             self._finish(self._failure, WILLI, size)
         else:
             self._size = size
             self.state = State.FINAL
-            self._do(c.Send((), c.DATA_TIMEOUT))
+            self._out.append(c.Send((), c.DATA_TIMEOUT))
 
     def _forward(self, buf: bytes | bytearray, start: int, upto: int, final: bool) -> None:
         """Send buf[start:upto] upstream, holding back a chunk-final CR until
         the next byte is known (issue 9 item 2)."""
         if self._held:
-            self._do(c.SendBody(self._held))
+            self._out.append(c.SendBody(self._held))
             self._held = b""
         if not final and upto > start and buf[upto - 1] == 13:
             upto -= 1
             self._held = b"\r"
         if upto > start:
-            self._do(c.SendBody(memoryview(buf)[start:upto]))
+            self._out.append(c.SendBody(memoryview(buf)[start:upto]))
 
     def _on_final_reply(self, event: e.UpstreamReplied) -> None:
         reply = event.reply
@@ -327,7 +328,7 @@ class Relay(Chunking):
 
     def _on_final_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
         self._finish(event.error.reply, WILLI, self._size)
 
     def _on_body_lost(self, event: e.UpstreamLost | e.TimerFired) -> None:
@@ -337,7 +338,7 @@ class Relay(Chunking):
             failure, error = replies.UPSTREAM_TIMEOUT, "upstream stopped reading the body"
         else:
             failure, error = event.error.reply, str(event.error)
-        self._do(c.Notice("upstream_failed", "warning", (("error", error),)))
+        self._out.append(c.Notice("upstream_failed", "warning", (("error", error),)))
         self._drop(abort=True)
         self._failure = failure
         self.state = State.DRAIN
@@ -348,9 +349,9 @@ class Relay(Chunking):
         self.txn = None
         self.upstream_open = False
         self.state = State.IDLE
-        self._do(c.BodyDone(reply))
+        self._out.append(c.BodyDone(reply))
         if txn is not None:
-            self._do(*(c.Emit(r) for r in txn.close(self._now, reply, src, size, None)))
+            self._out.extend(c.Emit(r) for r in txn.close(self._now, reply, src, size, None))
 
     # --- the upstream going away outside a command ----------------------------
     def _on_idle_lost(self, event: e.UpstreamLost) -> None:
@@ -358,9 +359,9 @@ class Relay(Chunking):
         if self.txn is not None and self.txn.accepted:
             # The recipients it accepted are void: the transaction is over, and
             # the client protocol answers its RCPT and DATA with 451 until MAIL.
-            self._do(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+            self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
             self._end_transaction(None, WILLI, aborted="upstream lost")
-            self._do(c.EndClientTransaction())
+            self._out.append(c.EndClientTransaction())
 
     def _on_lost_while_routing(self, event: e.UpstreamLost) -> None:
         """The route's answer decides: bound recipients make it a lost
@@ -371,7 +372,7 @@ class Relay(Chunking):
         """Late news for a state that no longer cares (a stall timer after the body)."""
 
     def _upstream_failed(self, error: UpstreamError, in_rcpt: bool) -> None:
-        self._do(c.Notice("upstream_failed", "warning", (("error", str(error)),)))
+        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(error)),)))
         assert self._rcpt is not None
         self._answer_lost(self._rcpt, error.reply)
 
@@ -386,7 +387,7 @@ class Relay(Chunking):
         self._do(c.Emit(txn.refuse(str(rcpt.address), reply, src)), c.Answer(reply, False))
         if txn.accepted:
             self._end_transaction(None, src, aborted="upstream lost")
-            self._do(c.EndClientTransaction())
+            self._out.append(c.EndClientTransaction())
 
     def _end_lost(self, reply: bytes, data: bool, src: str = WILLI) -> None:
         """DATA found the upstream gone: the 4xx to DATA is the message's final reply."""
@@ -395,7 +396,7 @@ class Relay(Chunking):
         self.upstream_open = False
         self._do(c.Answer(reply, False), c.EndClientTransaction())
         if txn is not None:
-            self._do(*(c.Emit(r) for r in txn.close(self._now, reply, src, None, None)))
+            self._out.extend(c.Emit(r) for r in txn.close(self._now, reply, src, None, None))
 
     def _end_transaction(self, last: bytes | None, src: str, aborted: str) -> None:
         self._chunk = self._stuffer = None
@@ -406,7 +407,7 @@ class Relay(Chunking):
             return
         if last is not None and not txn.accepted:
             txn.last, txn.last_src = last, src
-        self._do(*(c.Emit(r) for r in txn.close(self._now, None, src, None, aborted)))
+        self._out.extend(c.Emit(r) for r in txn.close(self._now, None, src, None, aborted))
 
     # --- RSET, STARTTLS, the end ------------------------------------------------
     def _on_reset(self, event: e.ClientReset) -> None:
@@ -414,13 +415,13 @@ class Relay(Chunking):
             self._drop(abort=True)  # the upstream is inside a DATA body: an RSET would be message text
         elif self.upstream_open and self.link is not None and not self.link.closed:
             self._ignore += 1
-            self._do(c.Send((b"RSET\r\n",)))
+            self._out.append(c.Send((b"RSET\r\n",)))
         self._end_transaction(None, WILLI, aborted="reset")
 
     def _on_starttls(self, event: e.ClientStartTLS) -> None:
         # The link's TLS policy was chosen for a plaintext client.
         self._drop(abort=False)
-        self._do(c.StartClientTLS())
+        self._out.append(c.StartClientTLS())
 
     def _on_gone(self, event: e.ClientGone) -> None:
         # A command or a body in flight (a BDAT translated to DATA is a body):
@@ -436,7 +437,7 @@ class Relay(Chunking):
 
     def _drop(self, abort: bool) -> None:
         if self.link is not None or self.state is State.DIALING or abort:
-            self._do(c.DropLink(abort, reusable=not self.upstream_open))
+            self._out.append(c.DropLink(abort, reusable=not self.upstream_open))
         self._let_go()
 
     def _let_go(self) -> None:

@@ -27,6 +27,10 @@ class State(enum.Enum):
     CHUNK_SENT = "chunk sent"  # the chunk is upstream: its reply is awaited
     CLOSED = "closed"
 
+    # Members are singletons: identity hashing is exact, and the transition
+    # table is looked up with (state, event type) for every event.
+    __hash__ = object.__hash__
+
 
 def demote_421(reply: Reply) -> bytes:
     """An upstream 421 closes *its* connection, not the client's: the client

@@ -91,9 +91,12 @@ def parse_path_argument(arg: str) -> tuple[Address, list[str]]:
     text = arg.lstrip(" ")
     simple = _SIMPLE_PATH.fullmatch(text)
     if simple is not None:
-        address = Address(simple[1], simple[2])
-        _check_sizes(_octets(simple[1]) + 1 + _octets(simple[2]) + 2, address)
-        return address, _split_params(simple[3])
+        local, domain, rest = simple.groups()
+        address = Address(local, domain)
+        if (len(local) > MAX_LOCAL_PART or len(domain) > MAX_DOMAIN or len(local) + len(domain) + 3 > MAX_PATH
+                or not text.isascii()):  # else no octet count can be over a limit
+            _check_sizes(_octets(local) + 1 + _octets(domain) + 2, address)
+        return address, _split_params(rest) if rest else []
     return _parse_path(text)
 
 

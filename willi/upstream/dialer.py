@@ -101,6 +101,12 @@ class Dialer:
             return _FromPool(self.reactor, link, done)
         return DialAttempt(self, route, client, client_tls, reverse_name, done)
 
+    @property
+    def sends_proxy_header(self) -> bool:
+        """A PROXY header goes first on every new link: the dial needs the
+        address the client connected to."""
+        return self.settings.proxy_protocol != "off"
+
     def release(self, link: UpstreamLink, client_tls: bool) -> None:
         """A session is done with a link outside a transaction: park it, or QUIT it."""
         link.detach()

@@ -108,12 +108,13 @@ class UpstreamLink:
         if self.conn is not None:
             self.conn.write(data)
 
-    def pipeline(self, commands: tuple[tuple[bytes, ReplyCallback], ...], timeout: float) -> None:
-        """Several commands in one write (RFC 2920); callbacks follow in order."""
-        for _, callback in commands:
+    def pipeline(self, commands: tuple[bytes, ...], callback: ReplyCallback, timeout: float) -> None:
+        """Several commands in one write (RFC 2920); callback(reply) follows
+        for each, in order."""
+        for _ in commands:
             self.expect(callback, timeout)
         if self.conn is not None:
-            self.conn.write(b"".join(data for data, _ in commands))
+            self.conn.write(b"".join(commands))
 
     def expect(self, callback: ReplyCallback, timeout: float) -> None:
         """Wait for one more reply without sending anything."""
