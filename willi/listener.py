@@ -349,12 +349,14 @@ class _ProxyReader:
 class _Acceptor:
     """Reactor handler for one listening socket."""
 
-    __slots__ = ("front", "sock", "listening")
+    __slots__ = ("front", "sock", "listening", "_kind")
 
     def __init__(self, front: Front, sock: socket.socket) -> None:
         self.front = front
         self.sock = sock
         self.listening = False
+        # socket.accept() converts family and type to enums for every client.
+        self._kind = (int(sock.family), int(sock.type), sock.proto)
 
     def listen(self) -> None:
         if not self.listening and self.sock.fileno() != -1:
@@ -371,9 +373,11 @@ class _Acceptor:
         self.sock.close()
 
     def on_readable(self) -> None:
+        family, kind, proto = self._kind
         for _ in range(ACCEPTS_PER_EVENT):
             try:
-                sock, address = self.sock.accept()
+                fd, address = self.sock._accept()
+                sock = socket.socket(family, kind, proto, fileno=fd)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:

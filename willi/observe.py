@@ -72,13 +72,15 @@ class Observer:
             metrics.sessions_open.inc()
         elif record.event == "disconnect":
             metrics.sessions_open.dec()
-            metrics.bytes_received.inc(amount=_number(record.extra.get("bytes_in")))
-            metrics.bytes_sent.inc(amount=_number(record.extra.get("bytes_out")))
+            metrics.bytes_received.inc(amount=record.bytes_in)
+            metrics.bytes_sent.inc(amount=record.bytes_out)
         if self._info:
+            disconnect = record.event == "disconnect"
             fields: dict[str, object] = dict(
+                bytes_in=record.bytes_in if disconnect else None,
+                bytes_out=record.bytes_out if disconnect else None,
                 session=record.session, client=record.client, port=record.port, name=record.name,
-                reason=record.reason, tls=record.tls,
-                transactions=record.transactions if record.event == "disconnect" else None)
+                reason=record.reason, tls=record.tls, transactions=record.transactions if disconnect else None)
             self._log("info", record.event, {**record.extra, **fields})
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
@@ -119,10 +121,6 @@ class Observer:
 
 
 _RESERVED = frozenset({"ts", "level", "event"})
-
-
-def _number(value: object) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 # --- producers that still log events by name (the dialer) ----------------------------

@@ -91,6 +91,8 @@ class SessionRecord:
     name: str | None = None  # reverse DNS name, when known
     tls: str | None = None
     transactions: int = 0
+    bytes_in: int = 0  # disconnect: what the client sent and was sent
+    bytes_out: int = 0
     extra: dict[str, object] = field(default_factory=dict)
 
 

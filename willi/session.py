@@ -278,8 +278,7 @@ class Session:
             self.client.close()
         self.ctx.observer.session(SessionRecord(
             "disconnect", self.id, self.peer[0], self.peer[1], reason=reason, tls=self.client_tls,
-            transactions=self.relay.count,
-            extra={"bytes_in": self.client.bytes_in, "bytes_out": self.client.bytes_out}))
+            transactions=self.relay.count, bytes_in=self.client.bytes_in, bytes_out=self.client.bytes_out))
         self.ctx.session_closed(self)
 
 

@@ -88,7 +88,13 @@ class UpstreamSide:
 
     # --- dialing ---------------------------------------------------------------------
     def dial(self, cmd: c.Dial) -> None:
-        token, session = self._next_token(), self.session
+        session = self.session
+        parked = self.ctx.dialer.take_parked(cmd.route, session.proto.tls_active)
+        if parked is not None:  # answered at once, like a route from memory
+            self._adopt(parked)
+            session.post(e.LinkReady(parked))
+            return
+        token = self._next_token()
         local: tuple[Any, int] = (None, 0)
         if self.ctx.dialer.sends_proxy_header:
             try:

@@ -87,7 +87,7 @@ def test_session_lines_for_connect_and_disconnect_with_the_reason_and_bytes() ->
     obs.session(SessionRecord("connect", "1f.3", "192.0.2.7", 40123, name="mx.client.test"))
     assert obs.metrics.sessions_open.value() == 1
     obs.session(SessionRecord("disconnect", "1f.3", "192.0.2.7", 40123, reason="idle timeout", transactions=2,
-                              extra={"bytes_in": 5000, "bytes_out": 700}))
+                              bytes_in=5000, bytes_out=700))
     connect, disconnect = (fields(r) for r in sink.records())
     assert connect == {"level": "info", "event": "connect", "session": "1f.3", "client": "192.0.2.7",
                        "port": "40123", "name": "mx.client.test"}

@@ -101,6 +101,13 @@ class Dialer:
             return _FromPool(self.reactor, link, done)
         return DialAttempt(self, route, client, client_tls, reverse_name, done)
 
+    def take_parked(self, route: Route, client_tls: bool) -> UpstreamLink | None:
+        """A parked idle link for the route, at once (no turn of the loop), or None."""
+        link = self.pool.take(route, client_tls, self.credentials)
+        if link is not None:
+            link.reused = True
+        return link
+
     @property
     def sends_proxy_header(self) -> bool:
         """A PROXY header goes first on every new link: the dial needs the
