@@ -27,7 +27,9 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from willi.smtp.body import END, DataScanner  # noqa: E402
+from willi.smtp.body import _NOT_LINE_END, END, DataScanner  # noqa: E402
+
+KEEP = "keep only CR, LF and NUL (bytes + translate)"
 
 MAIL_BYTES = 10 * 1024 * 1024
 CHUNKS = (256 * 1024, 16 * 1024)
@@ -83,14 +85,16 @@ def measure(mail: bytes, chunk: int) -> dict[str, float]:
                 op(start, stop)
         return run
 
+    view = memoryview(buf)
     timings = {
         "strict scan (all checks)": scanner(True),
         "pass-mode scan (end of data and size only)": scanner(False),
-        "find end of data (CRLF.CRLF)": each(lambda a, b: buf.find(END, a, b)),
-        "find NUL": each(lambda a, b: buf.find(b"\0", a, b)),
+        "find a dot (memchr: an end of data needs one)": each(lambda a, b: buf.find(b".", a, b)),
+        "find end of data (CRLF.CRLF) in every chunk": each(lambda a, b: buf.find(END, a, b)),
+        KEEP: each(lambda a, b: bytes(view[a:b]).translate(None, _NOT_LINE_END)),
         "count CRLF": each(lambda a, b: buf.count(b"\r\n", a, b)),
-        "count LF": each(lambda a, b: buf.count(b"\n", a, b)),
-        "count CR": each(lambda a, b: buf.count(b"\r", a, b)),
+        "count LF (before 0.2.1: a pass of its own)": each(lambda a, b: buf.count(b"\n", a, b)),
+        "count CR (before 0.2.1: a pass of its own)": each(lambda a, b: buf.count(b"\r", a, b)),
     }
     scale = 1e9 / len(buf)
     return {name: _best(run) * scale for name, run in timings.items()}
@@ -102,11 +106,11 @@ def table(results: dict[int, dict[str, float]]) -> list[str]:
              "| --- |" + " ---: |" * len(sizes)]
     for name in next(iter(results.values())):
         lines.append(f"| {name} | " + " | ".join(f"{results[size][name]:.3f}" for size in sizes) + " |")
-    checks = ("find NUL", "count CRLF", "count LF", "count CR")
+    checks = (KEEP, "count CRLF")
     lines.append("| strict checks alone (strict − pass mode) | " + " | ".join(
         f"{results[s]['strict scan (all checks)'] - results[s]['pass-mode scan (end of data and size only)']:.3f}"
         for s in sizes) + " |")
-    lines.append("| sum of the four checks' C calls | " + " | ".join(
+    lines.append("| sum of the strict checks' C calls (CR, LF, NUL kept; CRLF counted) | " + " | ".join(
         f"{sum(results[s][c] for c in checks):.3f}" for s in sizes) + " |")
     return lines
 

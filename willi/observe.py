@@ -40,7 +40,6 @@ class Observer:
             "body_refused": lambda f: self.metrics.body_violations.inc(str(f.get("kind", "unknown"))),
             "upstream_failed": lambda f: self.metrics.upstream_failures.inc(str(f.get("target", "unknown"))),
             "upstream_connected": self._upstream_connected,
-            "lookup": self._lookup,
             "session_fault": lambda f: self.metrics.session_faults.inc(),
             "protocol_error": lambda f: self.metrics.protocol_errors.inc(str(f.get("code", "unknown"))),
         }
@@ -83,17 +82,20 @@ class Observer:
                 reason=record.reason, tls=record.tls, transactions=record.transactions if disconnect else None)
             self._log("info", record.event, {**record.extra, **fields})
 
+    def lookup(self, mapping: str, result: str, seconds: float) -> None:
+        """Counted and timed always; written at debug, or at warning when it failed."""
+        metrics = self.metrics
+        metrics.lookups.inc(mapping, result)
+        metrics.lookup_duration.observe(seconds, mapping)
+        if result == "error":
+            self._log("warning", "lookup", {"mapping": mapping, "result": result, "seconds": seconds})
+        elif self.debug_enabled:
+            self._log("debug", "lookup", {"mapping": mapping, "result": result, "seconds": seconds})
+
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         bump = self._events.get(name)
         if bump is not None:
             bump(fields)
-        if name == "lookup":  # one per RCPT: written at debug only, unless it failed
-            if fields.get("result") == "error":
-                level = "warning"
-            elif not self.debug_enabled:
-                return
-            else:
-                level = "debug"
         self._log(level, name, fields)
 
     def _log(self, level: str, name: str, fields: dict[str, object]) -> None:
@@ -112,12 +114,6 @@ class Observer:
         if fields.get("reused"):
             self.metrics.pool_hits.inc()
 
-    def _lookup(self, fields: dict[str, Any]) -> None:
-        mapping = str(fields.get("mapping", "unknown"))
-        self.metrics.lookups.inc(mapping, str(fields.get("result", "unknown")))
-        seconds = fields.get("seconds")
-        if isinstance(seconds, (int, float)):
-            self.metrics.lookup_duration.observe(float(seconds), mapping)
 
 
 _RESERVED = frozenset({"ts", "level", "event"})

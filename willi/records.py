@@ -105,11 +105,15 @@ class Observer(Protocol):
 
     def session(self, record: SessionRecord) -> None: ...
 
+    def lookup(self, mapping: str, result: str, seconds: float) -> None:
+        """One mapping asked for one key set: `result` is hit, miss, stale or
+        error (once per RCPT, so typed rather than an event by name)."""
+        ...
+
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         """Anything else worth a line and a counter: `connection_refused`
         (reason=), `tls_failed` (side=), `tls_established` (side=, resumed=),
-        `body_refused` (kind=),
-        `upstream_failed` (target=), `lookup` (mapping=, result=, seconds=),
+        `body_refused` (kind=), `upstream_failed` (target=),
         `session_fault` (the traceback is logged once)."""
         ...
 
@@ -124,6 +128,9 @@ class NullObserver:
         return None
 
     def session(self, record: SessionRecord) -> None:
+        return None
+
+    def lookup(self, mapping: str, result: str, seconds: float) -> None:
         return None
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
@@ -144,6 +151,9 @@ class ListObserver(NullObserver):
 
     def session(self, record: SessionRecord) -> None:
         self.records.append(record)
+
+    def lookup(self, mapping: str, result: str, seconds: float) -> None:
+        self.records.append(("lookup", {"mapping": mapping, "result": result, "seconds": seconds}))
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         self.records.append((name, fields))

@@ -22,7 +22,7 @@ from willi.context import format_traceback
 from willi.session_clock import ClientClock
 from willi.flow import BACKLOG, CLIENT_FULL, Flow
 from willi.records import RecipientRecord, SessionRecord
-from willi.relay import Relay, State
+from willi.relay import Relay, S
 from willi.session_upstream import UPSTREAM_EXECUTE, UpstreamSide
 from willi.smtp import server as smtp
 from willi.tls import TLSEngine
@@ -30,7 +30,7 @@ from willi.tls import TLSEngine
 if TYPE_CHECKING:
     from willi.context import Context
 
-BODY_STATES = (State.BODY, State.DRAIN, State.CHUNK)
+BODY_STATES = (S.BODY, S.DRAIN, S.CHUNK)
 
 
 class Session:
@@ -77,8 +77,11 @@ class Session:
             self.proto.feed(data)
             self.pump()
             self.clock.deadline.fed(self.proto.lines_read, now)
-        if not self.closed:
-            self.flow.backlog(self.proto.buffered)  # only input makes the backlog grow
+        if not self.closed and (self.proto.phase is not smtp.Phases.COMMAND or self.flow.paused):
+            # Only input makes the backlog grow, and only while the protocol
+            # is not reading commands (in COMMAND phase at most a partial line
+            # is left over, bounded by the line limit).
+            self.flow.backlog(self.proto.buffered)
 
     def on_eof(self, conn: Connection) -> None:
         """A read EOF is not a lost connection: what was received is worked
@@ -121,12 +124,12 @@ class Session:
             self._pumping = False
         if self.closed:
             return
-        if proto.has_output:
+        if proto.out:
             self.client.write(proto.take_output())
         if self.ctx.draining and self._idle():
             self.say_goodbye(replies.SHUTTING_DOWN)
         elif self.eof:
-            if proto.phase is smtp.Phase.COMMAND and self.relay.state is State.IDLE:
+            if proto.phase is smtp.Phases.COMMAND and self.relay.state is S.IDLE:
                 self.close("client lost", flush=True)  # everything it sent is answered
             elif self.relay.state in BODY_STATES:
                 self.close("client lost")  # the rest of the body or chunk will never come
@@ -173,7 +176,7 @@ class Session:
             self.client.write(out)
 
     def _idle(self) -> bool:
-        return self.proto.phase is smtp.Phase.COMMAND and self.proto.mail is None
+        return self.proto.phase is smtp.Phases.COMMAND and self.proto.mail is None
 
     # --- executing the relay's commands --------------------------------------------
     def _answer(self, cmd: c.Answer) -> None:

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from willi import replies
 from willi.deadlines import ClientDeadline
-from willi.relay import State
+from willi.relay import S
 from willi.smtp import server as smtp
 
 if TYPE_CHECKING:
     from willi.session import Session
 
-WAITING_ON_US = (State.FINAL, State.CHUNK_SENT)  # the upstream has the client's data
+WAITING_ON_US = (S.FINAL, S.CHUNK_SENT)  # the upstream has the client's data
 
 
 class ClientClock:
@@ -39,7 +39,7 @@ class ClientClock:
         if session.closed:
             return
         now = self.ctx.reactor.time()
-        waiting_on_us = (session.proto.phase is smtp.Phase.WAITING or session.flow.upstream_full
+        waiting_on_us = (session.proto.phase is smtp.Phases.WAITING or session.flow.upstream_full
                          or session.relay.state in WAITING_ON_US or self.tls_timer is not None)
         if waiting_on_us:
             self.deadline.record_started(now)

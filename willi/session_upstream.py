@@ -19,7 +19,7 @@ import willi.relay.events as e
 from willi import replies
 from willi.errors import MappingError
 from willi.flow import UPSTREAM_FULL
-from willi.relay import State
+from willi.relay import S
 from willi.routing import NOT_CACHED
 from willi.smtp.reply import Reply
 from willi.smtp.upstream import ClientInfo
@@ -217,7 +217,7 @@ class UpstreamSide:
         and answers 451 4.4.2 after the client's end of data."""
         self.stall_timer = None
         session = self.session
-        if session.closed or session.relay.state not in (State.BODY, State.CHUNK) or not session.flow.upstream_full:
+        if session.closed or session.relay.state not in (S.BODY, S.CHUNK) or not session.flow.upstream_full:
             return
         if self.link is not None and self.link.out_size < out_size:
             self._arm_stall_timer()  # slow, but it is reading

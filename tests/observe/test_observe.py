@@ -125,8 +125,8 @@ def test_events_are_logged_as_given_and_counted_by_their_bounded_label() -> None
 
 def test_lookups_are_counted_and_timed_but_written_only_at_debug_or_when_they_fail() -> None:
     obs, sink = observer()
-    obs.event("lookup", mapping="mapping_1=csv:t.csv", result="hit", seconds=0.0002)
-    obs.event("lookup", mapping="mapping_2=mysql://db/mail", result="error", seconds=1.5, error="timeout")
+    obs.lookup("mapping_1=csv:t.csv", "hit", 0.0002)
+    obs.lookup("mapping_2=mysql://db/mail", "error", 1.5)
     assert [(r["event"], r["level"], r["result"]) for r in sink.records()] == [("lookup", "warning", "error")]
     metrics = obs.metrics
     assert metrics.lookups.value("mapping_1=csv:t.csv", "hit") == 1

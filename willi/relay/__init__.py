@@ -8,5 +8,6 @@ tests in tests/relay/ play whole conversations against the machine alone.
 """
 
 from willi.relay.machine import Relay, RelayError, State, demote_421
+from willi.relay.states import S
 
-__all__ = ["Relay", "RelayError", "State", "demote_421"]
+__all__ = ["Relay", "RelayError", "S", "State", "demote_421"]

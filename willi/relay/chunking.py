@@ -18,7 +18,7 @@ import willi.relay.commands as c
 import willi.relay.events as e
 from willi import replies
 from willi.records import UPSTREAM, WILLI
-from willi.relay.states import KINDS, State, demote_421
+from willi.relay.states import KINDS, S, demote_421
 from willi.smtp.bdat import ChunkScanner, DotStuffer
 from willi.smtp.body import TOO_BIG
 
@@ -39,7 +39,7 @@ class Chunking:
                 self._failure = replies.UPSTREAM_LOST
             elif "CHUNKING" not in link.capabilities:
                 self._stuffer = DotStuffer()
-                self.state = State.CHUNK_DATA_SENT
+                self.state = S.CHUNK_DATA_SENT
                 self._out.append(c.Send((b"DATA\r\n",)))
                 return
         self._read_chunk()
@@ -54,7 +54,7 @@ class Chunking:
             self._last_pending = False
             self._out.append(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
                             c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
-        self.state = State.CHUNK
+        self.state = S.CHUNK
         if self._remaining:
             self._out.append(c.ReadBody())
         else:
@@ -106,12 +106,12 @@ class Chunking:
             if self._last:
                 self._out.append(c.SendBody(self._stuffer.finish()))
                 self._size = self._chunk.size
-                self.state = State.FINAL
+                self.state = S.FINAL
                 self._out.append(c.Send((), c.DATA_TIMEOUT))
             else:
                 self._chunk_answer(replies.chunk_received(self._chunk.size), WILLI, accepted=True)
         else:
-            self.state = State.CHUNK_SENT
+            self.state = S.CHUNK_SENT
             if self._last and self._this and not self._last_pending:
                 self._last_pending = True  # the chunk's reply, then the message's
                 self._out.append(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
@@ -166,5 +166,5 @@ class Chunking:
             self._size = self._chunk.size if self._chunk is not None else 0
             self._finish(reply, src, self._size)
             return
-        self.state = State.IDLE
+        self.state = S.IDLE
         self._out.append(c.Answer(reply, accepted))

@@ -41,7 +41,7 @@ import willi.relay.commands as c
 import willi.relay.events as e
 from willi.relay.chunking import Chunking
 from willi.relay.ledger import Ledger
-from willi.relay.states import KINDS, RelayError, State, demote_421
+from willi.relay.states import KINDS, RelayError, S, State, demote_421
 from willi.smtp.bdat import ChunkScanner, DotStuffer  # the attributes' types
 from willi.smtp.body import TOO_BIG, DataScanner
 from willi.smtp.reply import Reply
@@ -58,7 +58,7 @@ class Relay(Chunking):
         self.max_size = max_size
         self.strict_body = strict_body
         self.split_recipients = split_recipients
-        self.state = State.IDLE
+        self.state = S.IDLE
         self.link: e.LinkView | None = None
         self.upstream_open = False  # MAIL FROM accepted upstream, transaction not finished
         self.txn: Ledger | None = None
@@ -101,7 +101,7 @@ class Relay(Chunking):
             return False
         self._ignore -= 1
         broken = isinstance(event, e.UpstreamFailed) or event.reply.code == 421
-        if broken and self.state in (State.IDLE, State.ROUTING, State.CHUNK):
+        if broken and self.state in (S.IDLE, S.ROUTING, S.CHUNK):
             # Nothing else awaits a reply on this link. Otherwise the command
             # that does hears the failure itself, next.
             self._drop(abort=True)
@@ -117,7 +117,7 @@ class Relay(Chunking):
             self.txn = Ledger(self.session, self.client, f"{self.session}.{self.count}", self._now,
                               str(event.sender), event.helo, event.tls)
         self._rcpt = event
-        self.state = State.ROUTING
+        self.state = S.ROUTING
         self._out.append(c.LookUp(event.address))
 
     def _on_route(self, event: e.RouteAnswered) -> None:
@@ -152,7 +152,7 @@ class Relay(Chunking):
                 self._send_envelope(fresh=False)
             return
         self._drop(abort=False)
-        self.state = State.DIALING
+        self.state = S.DIALING
         self._out.append(c.Dial(route))
 
     def _on_link(self, event: e.LinkReady) -> None:
@@ -178,7 +178,7 @@ class Relay(Chunking):
         self._fresh = fresh
         self._mail_refused = None
         self._pipelined = "PIPELINING" in link.capabilities
-        self.state = State.MAIL_SENT
+        self.state = S.MAIL_SENT
         if self._pipelined:
             self._out.append(c.Send((mail, rcpt_command(rcpt.address))))
         else:
@@ -188,14 +188,14 @@ class Relay(Chunking):
         reply = event.reply
         if reply.positive:
             self.upstream_open = True
-            self.state = State.RCPT_SENT
+            self.state = S.RCPT_SENT
             if not self._pipelined:
                 assert self._rcpt is not None
                 self._out.append(c.Send((rcpt_command(self._rcpt.address),)))
             return
         if self._pipelined:  # the RCPT's reply follows; the client gets this one
             self._mail_refused = reply
-            self.state = State.RCPT_SENT
+            self.state = S.RCPT_SENT
             return
         self._relay_rcpt_reply(reply, accepted=False)
 
@@ -204,7 +204,7 @@ class Relay(Chunking):
         if not self._fresh:
             # A parked or reused link the upstream had closed meanwhile: dial anew.
             assert self.link is None and self._rcpt is not None
-            self.state = State.DIALING
+            self.state = S.DIALING
             assert self._route is not None
             self._out.append(c.Dial(self._route))
             return
@@ -228,7 +228,7 @@ class Relay(Chunking):
             self._drop(abort=True)
             self._answer_lost(rcpt, demote_421(reply), src=UPSTREAM)
             return
-        self.state = State.IDLE
+        self.state = S.IDLE
         if accepted:
             txn.accept(str(rcpt.address))
             self._out.append(c.Answer(reply.raw, True))
@@ -237,14 +237,14 @@ class Relay(Chunking):
 
     def _send_rcpt(self) -> None:
         assert self._rcpt is not None
-        self.state = State.RCPT_SENT
+        self.state = S.RCPT_SENT
         self._out.append(c.Send((rcpt_command(self._rcpt.address),)))
 
     def _refuse(self, reply: bytes, src: str) -> None:
         """Willi's own answer to the RCPT at hand; the transaction goes on."""
         rcpt, txn = self._rcpt, self.txn
         assert rcpt is not None and txn is not None
-        self.state = State.IDLE
+        self.state = S.IDLE
         self._do(c.Emit(txn.refuse(str(rcpt.address), reply, src)), c.Answer(reply, False))
 
     # --- DATA and the body ------------------------------------------------------
@@ -253,13 +253,13 @@ class Relay(Chunking):
         if link is None or link.closed or not self.upstream_open:
             self._end_lost(replies.UPSTREAM_LOST, data=True)
             return
-        self.state = State.DATA_SENT
+        self.state = S.DATA_SENT
         self._out.append(c.Send((b"DATA\r\n",)))
 
     def _on_data_reply(self, event: e.UpstreamReplied) -> None:
         reply = event.reply
         if reply.code == 354:
-            self.state = State.BODY
+            self.state = S.BODY
             self._scanner = DataScanner(self.max_size, self.strict_body)
             self._held = b""
             self._failure = None
@@ -269,7 +269,7 @@ class Relay(Chunking):
             self._drop(abort=True)
             self._end_lost(demote_421(reply), data=True, src=UPSTREAM)
             return
-        self.state = State.IDLE  # DATA refused: relayed, the transaction stays open
+        self.state = S.IDLE  # DATA refused: relayed, the transaction stays open
         assert self.txn is not None
         self.txn.last, self.txn.last_src = reply.raw, UPSTREAM
         self._out.append(c.Answer(reply.raw, False))
@@ -293,7 +293,7 @@ class Relay(Chunking):
                 self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
                 self._out.append(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
                 self._drop(abort=True)  # never finish a refused message: no final dot
-                self.state = State.DRAIN
+                self.state = S.DRAIN
         if end < 0:
             return
         self._scanner = None
@@ -304,7 +304,7 @@ class Relay(Chunking):
             self._finish(self._failure, WILLI, size)
         else:
             self._size = size
-            self.state = State.FINAL
+            self.state = S.FINAL
             self._out.append(c.Send((), c.DATA_TIMEOUT))
 
     def _forward(self, buf: bytes | bytearray, start: int, upto: int, final: bool) -> None:
@@ -341,14 +341,14 @@ class Relay(Chunking):
         self._out.append(c.Notice("upstream_failed", "warning", (("error", error),)))
         self._drop(abort=True)
         self._failure = failure
-        self.state = State.DRAIN
+        self.state = S.DRAIN
 
     def _finish(self, reply: bytes, src: str, size: int | None) -> None:
         self._chunk = self._stuffer = None
         txn = self.txn
         self.txn = None
         self.upstream_open = False
-        self.state = State.IDLE
+        self.state = S.IDLE
         self._out.append(c.BodyDone(reply))
         if txn is not None:
             self._out.extend(c.Emit(r) for r in txn.close(self._now, reply, src, size, None))
@@ -382,7 +382,7 @@ class Relay(Chunking):
         the next RCPT routes afresh."""
         txn = self.txn
         assert txn is not None
-        self.state = State.IDLE
+        self.state = S.IDLE
         self.upstream_open = False
         self._do(c.Emit(txn.refuse(str(rcpt.address), reply, src)), c.Answer(reply, False))
         if txn.accepted:
@@ -392,7 +392,7 @@ class Relay(Chunking):
     def _end_lost(self, reply: bytes, data: bool, src: str = WILLI) -> None:
         """DATA found the upstream gone: the 4xx to DATA is the message's final reply."""
         txn, self.txn = self.txn, None
-        self.state = State.IDLE
+        self.state = S.IDLE
         self.upstream_open = False
         self._do(c.Answer(reply, False), c.EndClientTransaction())
         if txn is not None:
@@ -401,7 +401,7 @@ class Relay(Chunking):
     def _end_transaction(self, last: bytes | None, src: str, aborted: str) -> None:
         self._chunk = self._stuffer = None
         txn, self.txn = self.txn, None
-        self.state = State.IDLE
+        self.state = S.IDLE
         self.upstream_open = False
         if txn is None:
             return
@@ -426,17 +426,17 @@ class Relay(Chunking):
     def _on_gone(self, event: e.ClientGone) -> None:
         # A command or a body in flight (a BDAT translated to DATA is a body):
         # nothing but an abort may follow.
-        busy = self.state is not State.IDLE or self._stuffer is not None
+        busy = self.state is not S.IDLE or self._stuffer is not None
         if self.link is not None or busy:
             self._drop(abort=busy)
         self._end_transaction(None, WILLI, aborted=event.reason)
-        self.state = State.CLOSED
+        self.state = S.CLOSED
 
     def _on_closed(self, event: e.Event) -> None:
         """After the end nothing more happens (late replies, a late route)."""
 
     def _drop(self, abort: bool) -> None:
-        if self.link is not None or self.state is State.DIALING or abort:
+        if self.link is not None or self.state is S.DIALING or abort:
             self._out.append(c.DropLink(abort, reusable=not self.upstream_open))
         self._let_go()
 
@@ -451,7 +451,6 @@ class Relay(Chunking):
 
 
 Handler = Callable[[Relay, e.Event], None]
-S = State
 # (state, event type) -> handler: everything the relay may be told, and when.
 TRANSITIONS: dict[tuple[State, type], Handler] = {
     (S.IDLE, e.ClientRcpt): Relay._on_rcpt,

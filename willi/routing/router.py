@@ -96,8 +96,7 @@ class Router:
         try:
             answer = _ask(mapping, mapping.peek if peek else mapping.get, keys)
         except MappingError:
-            self._observer.event("lookup", level="warning", mapping=mapping.name, result="error",
-                                 seconds=perf_counter() - start)
+            self._observer.lookup(mapping.name, "error", perf_counter() - start)
             raise
         if answer is NOT_CACHED:
             return answer
@@ -107,7 +106,7 @@ class Router:
             result = "stale"
         else:
             result = "hit"
-        self._observer.event("lookup", mapping=mapping.name, result=result, seconds=perf_counter() - start)
+        self._observer.lookup(mapping.name, result, perf_counter() - start)
         return answer
 
     def reload(self) -> None:

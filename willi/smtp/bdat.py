@@ -12,7 +12,7 @@ always lines.
 
 from __future__ import annotations
 
-from willi.smtp.body import BAD_LINE_ENDING, NUL, TOO_BIG, Violation
+from willi.smtp.body import BAD_LINE_ENDING, NUL, TOO_BIG, Violation, line_ends
 
 MAX_SIZE_DIGITS = 20
 
@@ -56,12 +56,10 @@ class ChunkScanner:
             return
         if not self.strict:
             return
-        if buf.find(b"\0", start, stop) >= 0:  # type: ignore[union-attr]
+        crlf, cr, lf, nul = line_ends(buf, start, stop)  # type: ignore[arg-type]
+        if nul:
             self.violation = NUL
             return
-        crlf = buf.count(b"\r\n", start, stop)  # type: ignore[union-attr]
-        lf = buf.count(b"\n", start, stop)  # type: ignore[union-attr]
-        cr = buf.count(b"\r", start, stop)  # type: ignore[union-attr]
         if self._cr:
             if buf[start] != 10:
                 self.violation = BAD_LINE_ENDING

@@ -37,6 +37,16 @@ class Phase(enum.Enum):
     CLOSED = "closed"  # QUIT or an error limit: nothing more is read
 
 
+class Phases:
+    """Phase's members as plain class attributes for the per-line code (see
+    relay.states.S: in Python 3.11 `Phase.X` goes through EnumType's hook)."""
+
+    COMMAND = Phase.COMMAND
+    WAITING = Phase.WAITING
+    BODY = Phase.BODY
+    CLOSED = Phase.CLOSED
+
+
 # --- events ------------------------------------------------------------------
 class Event:
     __slots__ = ()
@@ -122,7 +132,7 @@ class ServerProtocol:
     """One client session's command phase."""
 
     __slots__ = (
-        "settings", "phase", "_lines", "_out", "_pending", "helo", "esmtp",
+        "settings", "phase", "_lines", "out", "_pending", "helo", "esmtp",
         "tls_active", "mail", "mail_params", "accepted", "errors",
         "_ehlo_plain", "_ehlo_tls", "_void", "_bdat", "_skip",
     )
@@ -130,9 +140,9 @@ class ServerProtocol:
     def __init__(self, settings: ServerSettings, ehlo_plain: bytes | None = None,
                  ehlo_tls: bytes | None = None) -> None:
         self.settings = settings
-        self.phase = Phase.COMMAND
+        self.phase = Phases.COMMAND
         self._lines = LineBuffer(settings.line_limit)
-        self._out = bytearray()
+        self.out = bytearray()  # replies queued, in command order: the session takes them (take_output)
         self._pending: Event | None = None
         self.helo: str | None = None
         self.esmtp = False
@@ -150,14 +160,14 @@ class ServerProtocol:
 
     # --- I/O surface ----------------------------------------------------------
     def greet(self) -> None:
-        self._out += replies.greeting(self.settings.hostname)
+        self.out += replies.greeting(self.settings.hostname)
 
     def feed(self, data: bytes | memoryview) -> None:
         if self._skip:
             cut = min(self._skip, len(data))
             self._skip -= cut
             data = data[cut:]
-        if self.phase is not Phase.CLOSED and data:
+        if self.phase is not Phases.CLOSED and data:
             self._lines.feed(data)
 
     @property
@@ -172,31 +182,31 @@ class ServerProtocol:
 
     def take_output(self) -> bytes:
         """The replies queued so far (b"" when none), in command order."""
-        if not self._out:
+        if not self.out:
             return b""
-        out = bytes(self._out)
-        self._out.clear()
+        out = bytes(self.out)
+        self.out.clear()
         return out
 
     @property
     def has_output(self) -> bool:
-        return bool(self._out)
+        return bool(self.out)
 
     def reply(self, data: bytes) -> None:
         """Queue a reply the session produced outside any event (421 on shutdown)."""
-        self._out += data
+        self.out += data
 
     def next_event(self) -> Event | None:
-        while self.phase is Phase.COMMAND:
+        while self.phase is Phases.COMMAND:
             line = self._lines.next_line()
             if line is None:
                 return None
-            if line is LineEvent.TOO_LONG:
-                event = self._error(replies.LINE_TOO_LONG)
-            elif line is LineEvent.BARE_LF:
-                event = self._error(replies.BARE_LF_COMMAND)
-            else:
+            if line.__class__ is bytes:
                 event = self._command(line)  # type: ignore[arg-type]
+            elif line is LineEvent.TOO_LONG:
+                event = self._error(replies.LINE_TOO_LONG)
+            else:  # LineEvent.BARE_LF
+                event = self._error(replies.BARE_LF_COMMAND)
             if event is not None:
                 return event
         return None
@@ -205,20 +215,20 @@ class ServerProtocol:
     def answer(self, reply: bytes, accepted: bool) -> None:
         """Finish the pending Rcpt or Data event with the reply to relay."""
         event, self._pending = self._pending, None
-        self._out += reply
+        self.out += reply
         if isinstance(event, Rcpt):
             self.accepted += accepted
-            self.phase = Phase.COMMAND
+            self.phase = Phases.COMMAND
         elif isinstance(event, Data):
-            self.phase = Phase.BODY if accepted else Phase.COMMAND
+            self.phase = Phases.BODY if accepted else Phases.COMMAND
         elif isinstance(event, Bdat):
-            self.phase = Phase.COMMAND  # the chunk is in; the transaction goes on
+            self.phase = Phases.COMMAND  # the chunk is in; the transaction goes on
         else:
             raise RuntimeError(f"answer() without a pending event: {event!r}")
 
     def start_body(self) -> None:
         """The session reads a BDAT chunk now: input is not commands."""
-        self.phase = Phase.BODY
+        self.phase = Phases.BODY
 
     def take_body_start(self) -> bytes:
         """Bytes the client sent after DATA, before our 354: the body's start."""
@@ -226,10 +236,10 @@ class ServerProtocol:
 
     def body_done(self, reply: bytes) -> None:
         """The message is finished (relayed, refused or lost): back to commands."""
-        self._out += reply
+        self.out += reply
         self._pending = None
         self._reset_transaction()
-        self.phase = Phase.COMMAND
+        self.phase = Phases.COMMAND
 
     def void_transaction(self) -> None:
         """The upstream went away inside the transaction, and the client has
@@ -248,10 +258,10 @@ class ServerProtocol:
         self.esmtp = False
         self._reset_transaction()
         self._pending = None
-        self.phase = Phase.COMMAND
+        self.phase = Phases.COMMAND
 
     def close(self) -> None:
-        self.phase = Phase.CLOSED
+        self.phase = Phases.CLOSED
         self._lines.clear()
 
     # --- commands ---------------------------------------------------------------
@@ -277,9 +287,9 @@ class ServerProtocol:
         self.helo = name.decode("utf-8", "replace")
         self.esmtp = esmtp
         if esmtp:
-            self._out += self._ehlo_tls if self.tls_active else self._ehlo_plain
+            self.out += self._ehlo_tls if self.tls_active else self._ehlo_plain
         else:
-            self._out += replies.helo(self.settings.hostname)
+            self.out += replies.helo(self.settings.hostname)
         return self._drop_transaction()
 
     def _mail(self, arg: bytes) -> Event | None:
@@ -301,7 +311,7 @@ class ServerProtocol:
         self.mail_params = params
         self.accepted = 0
         self._void = False
-        self._out += replies.SENDER_OK
+        self.out += replies.SENDER_OK
         return None
 
     def _check_mail_params(self, params: dict[str, str | None]) -> bytes | None:
@@ -326,7 +336,7 @@ class ServerProtocol:
         if self.mail is None:
             return self._error(replies.NEED_MAIL)
         if self._void:
-            self._out += replies.UPSTREAM_LOST
+            self.out += replies.UPSTREAM_LOST
             return None
         if self._bdat:
             # The message is under way (maybe as a DATA body upstream): no more recipients.
@@ -342,7 +352,7 @@ class ServerProtocol:
         if address.is_null or (not address.domain and address.local.lower() != "postmaster"):
             return self._error(replies.SYNTAX_ADDRESS)
         if self.accepted >= self.settings.max_recipients:
-            self._out += replies.TOO_MANY_RECIPIENTS
+            self.out += replies.TOO_MANY_RECIPIENTS
             return None
         return self._wait(Rcpt(address))
 
@@ -352,7 +362,7 @@ class ServerProtocol:
         if self.mail is None:
             return self._error(replies.NEED_MAIL)
         if self._void:
-            self._out += replies.UPSTREAM_LOST
+            self.out += replies.UPSTREAM_LOST
             return None
         if self._bdat:
             return self._error(replies.DATA_IN_BDAT)
@@ -363,21 +373,21 @@ class ServerProtocol:
     def _rset(self, arg: bytes) -> Event | None:
         if arg.strip():
             return self._error(replies.SYNTAX_NO_ARGS)
-        self._out += replies.RESET_OK
+        self.out += replies.RESET_OK
         return self._drop_transaction()
 
     def _noop(self, arg: bytes) -> Event | None:
-        self._out += replies.OK
+        self.out += replies.OK
         return None
 
     def _help(self, arg: bytes) -> Event | None:
-        self._out += replies.HELP
+        self.out += replies.HELP
         return None
 
     def _vrfy(self, arg: bytes) -> Event | None:
         if not arg.strip():
             return self._error(replies.SYNTAX_PARAMETER)
-        self._out += replies.CANNOT_VRFY
+        self.out += replies.CANNOT_VRFY
         return None
 
     def _expn(self, arg: bytes) -> Event | None:
@@ -392,7 +402,7 @@ class ServerProtocol:
         except BadChunkSize:
             # Where its chunk ends is unknown: nothing after it can be read as a command.
             self.errors += 1
-            self._out += replies.BDAT_UNFRAMED
+            self.out += replies.BDAT_UNFRAMED
             self.close()
             return Close("unframeable BDAT")
         refusal = None
@@ -409,7 +419,7 @@ class ServerProtocol:
         if refusal is not None:
             self._throw_away(size)  # RFC 3030 §3: a refused chunk is still read
             if refusal is replies.UPSTREAM_LOST:  # not the client's error
-                self._out += refusal
+                self.out += refusal
                 return None
             return self._error(refusal)
         self._bdat = True
@@ -423,7 +433,7 @@ class ServerProtocol:
             self._skip = size - len(buffered)
 
     def _quit(self, arg: bytes) -> Event | None:
-        self._out += replies.CLOSING
+        self.out += replies.CLOSING
         self.close()
         return Quit()
 
@@ -439,7 +449,7 @@ class ServerProtocol:
         if self.mail is not None:
             # Postfix's answer too: the handshake would silently drop the envelope.
             return self._error(replies.TRANSACTION_IN_PROGRESS)
-        self._out += replies.READY_FOR_TLS
+        self.out += replies.READY_FOR_TLS
         # Whatever the client pipelined after STARTTLS is plaintext that must
         # never be read as a command (CVE-2011-0411).
         self._lines.clear()
@@ -448,7 +458,7 @@ class ServerProtocol:
     # --- helpers ---------------------------------------------------------------
     def _wait(self, event: Event) -> Event:
         self._pending = event
-        self.phase = Phase.WAITING
+        self.phase = Phases.WAITING
         return event
 
     def _drop_transaction(self) -> Event | None:
@@ -465,9 +475,9 @@ class ServerProtocol:
 
     def _error(self, reply: bytes) -> Event | None:
         self.errors += 1
-        self._out += reply
+        self.out += reply
         if self.errors >= self.settings.max_errors:
-            self._out += replies.TOO_MANY_ERRORS
+            self.out += replies.TOO_MANY_ERRORS
             self.close()
             return Close()
         return None
