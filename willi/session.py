@@ -143,7 +143,7 @@ class Session:
         self._run(e.ClientRcpt(event.address, proto.mail, proto.mail_params, proto.helo, self.client_tls))
 
     def _data(self, event: smtp.Data) -> None:
-        self._run(e.ClientData())
+        self._run(e.CLIENT_DATA)
 
     def _bdat(self, event: smtp.Bdat) -> None:
         self._run(e.ClientBdat(event.size, event.last))

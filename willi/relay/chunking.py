@@ -56,7 +56,7 @@ class Chunking:
                             c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
         self.state = S.CHUNK
         if self._remaining:
-            self._out.append(c.ReadBody())
+            self._out.append(c.READ_BODY)
         else:
             self._chunk_read()
 

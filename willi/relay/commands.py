@@ -37,6 +37,9 @@ class ReadBody(Command):
     the command."""
 
 
+READ_BODY = ReadBody()  # it carries nothing: one for every body
+
+
 @dataclass(slots=True)
 class BodyDone(Command):
     """The message is over: answer the end of data with `reply`; client bytes

@@ -57,6 +57,9 @@ class ClientData(Event):
     """DATA with at least one accepted recipient."""
 
 
+CLIENT_DATA = ClientData()  # it carries nothing: one for every DATA
+
+
 @dataclass(slots=True)
 class ClientBdat(Event):
     """BDAT in sequence (RFC 3030): `size` bytes follow; `last` ends the message."""

@@ -263,7 +263,7 @@ class Relay(Chunking):
             self._scanner = DataScanner(self.max_size, self.strict_body)
             self._held = b""
             self._failure = None
-            self._do(c.Answer(reply.raw, True), c.ReadBody())
+            self._do(c.Answer(reply.raw, True), c.READ_BODY)
             return
         if reply.code == 421:
             self._drop(abort=True)

@@ -68,6 +68,9 @@ class Data(Event):
     __slots__ = ()
 
 
+DATA = Data()  # it carries nothing: one for every DATA
+
+
 class Reset(Event):
     """The client dropped its transaction (RSET, EHLO, HELO): reset upstream."""
 
@@ -368,7 +371,7 @@ class ServerProtocol:
             return self._error(replies.DATA_IN_BDAT)
         if not self.accepted:
             return self._error(replies.NO_VALID_RECIPIENTS)
-        return self._wait(Data())
+        return self._wait(DATA)
 
     def _rset(self, arg: bytes) -> Event | None:
         if arg.strip():
