@@ -36,6 +36,9 @@ BODY_STATES = (S.BODY, S.DRAIN, S.CHUNK)
 class Session:
     """One client connection and the upstream link its relay is bound to."""
 
+    __slots__ = ("ctx", "id", "peer", "proto", "relay", "closed", "eof", "client_tls", "_events", "_pumping",
+                 "_faulted", "client", "flow", "up", "clock")
+
     def __init__(self, ctx: "Context", sock: Any, peer: tuple[str, int]) -> None:
         self.ctx = ctx
         self.id = ctx.next_session_id()

@@ -26,6 +26,8 @@ from willi.smtp.body import TOO_BIG
 class Chunking:
     """The BDAT handlers of Relay (a mixin: the state lives on the Relay)."""
 
+    __slots__ = ()
+
     def _on_bdat(self, event: e.ClientBdat) -> None:
         txn, link = self.txn, self.link
         assert txn is not None

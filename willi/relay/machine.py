@@ -51,6 +51,12 @@ from willi.smtp.upstream import mail_command, rcpt_command
 class Relay(Chunking):
     """The transaction between one client session and its upstream."""
 
+    # One per session, idle ones included: slots keep it small.
+    __slots__ = ("session", "client", "max_size", "strict_body", "split_recipients", "state", "link",
+                 "upstream_open", "txn", "count", "_rcpt", "_route", "_size", "_fresh", "_pipelined",
+                 "_mail_refused", "_ignore", "_scanner", "_held", "_failure", "_chunk", "_stuffer",
+                 "_remaining", "_last", "_early", "_this", "_last_pending", "_out", "_now")
+
     def __init__(self, session: str, client: str, max_size: int, strict_body: bool = True,
                  split_recipients: bool = True) -> None:
         self.session = session
