@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench dist image fuzz clean system-venv system-test-deps
+.PHONY: run test bench bench-instructions dist image fuzz clean system-venv system-test-deps
 
 run: $(VENV)/.deps
 	@echo "Willi on 127.0.0.1:2525, the demo upstream on 127.0.0.1:2526. Try:"
@@ -45,6 +45,18 @@ bench: $(VENV)/.deps
 	  $(SUDO) $(APT) install $$missing || { $(SUDO) apt-get update -q && $(SUDO) $(APT) install $$missing; }; \
 	fi
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# make bench-instructions: Willi's user-space instructions per message under
+# valgrind (bench/instructions.py): a count, not a timing, so it shows a 2%
+# change that the timed runs' spread hides. BENCH_AGAINST=REV counts a git
+# revision beside this tree.
+bench-instructions: $(VENV)/.deps
+	@command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || { \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $(SUDO) debconf-set-selections; \
+	  $(SUDO) $(APT) install postfix || { $(SUDO) apt-get update -q && $(SUDO) $(APT) install postfix; }; }
+	@command -v valgrind >/dev/null || $(SUDO) $(APT) install valgrind || { \
+	  $(SUDO) apt-get update -q && $(SUDO) $(APT) install valgrind; }
+	$(PY) bench/instructions.py $(if $(BENCH_AGAINST),--against $(BENCH_AGAINST))
 
 # make dist: dist/willi.pyz, one file with PyMySQL and python-dotenv inside
 # (stdlib zipapp; both are pure Python). Runs with `python3 willi.pyz` on any
