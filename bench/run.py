@@ -100,7 +100,8 @@ def pick_workloads(text: str) -> list[Workload]:
 
 def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
     """The configurations a workload runs: W4 has no `direct`, W5 its TLS variants,
-    W6 and W7 Willi's alone, willi-nopool runs W1 and W2 only, willi-info W1 only."""
+    W6 and W7 Willi's alone, willi-nopool runs W1 and W2 only, willi-info W1 only,
+    willi-pass W3 only."""
     if wl.tls:
         return [setups.TLS_NAMES[s] for s in chosen if s in setups.TLS_NAMES
                 and (s not in setups.RESUME_SETUPS or wl.key in setups.RESUME_WORKLOADS)]
@@ -111,6 +112,8 @@ def setups_for(wl: Workload, chosen: list[str]) -> list[str]:
         chosen = [s for s in chosen if s != "willi-nopool"]
     if wl.key not in setups.LOG_WORKLOADS:
         chosen = [s for s in chosen if s != "willi-info"]
+    if wl.key not in setups.PASS_WORKLOADS:
+        chosen = [s for s in chosen if s != "willi-pass"]
     return [s for s in chosen if not (wl.kind == "idle" and s == "direct")]
 
 
@@ -337,6 +340,9 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         "client speaks first (its RFC 2487 detection; 5 sequential messages took 1.08 s), "
         "which caps a 50-session connection-per-message load at 250 msg/s, and its thread per "
         "connection cost about 7 ms of CPU per connection on this VM (tlsrelay.py: about 2 ms).",
+        "- `willi-pass` (W3 only): Willi with `WILLI_BARE_LF=pass`: the end of data is "
+        "still found (a search for a dot first, then for CRLF.CRLF from it), the bytes are "
+        "not checked for bare CR, bare LF or NUL: what the default strict checks cost per GB.",
         "- `willi-info` (W1 only): Willi with `WILLI_LOG_LEVEL=info`, so every message "
         "writes its recipient and transaction lines and every session its connect and "
         "disconnect lines (through the log writer thread): what the logs cost beside the "

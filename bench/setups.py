@@ -261,10 +261,11 @@ SETUPS = {
     "willi-nopool": start_willi_nopool,
 }
 DEFAULT_SETUPS = ["direct", "haproxy", "nginx", "willi", "willi-w2", "willi-nopool", "willi-noresume",
-                  "willi-resume", "willi-info"]
+                  "willi-resume", "willi-info", "willi-pass"]
 WILLI_SETUPS = ("willi", "willi-w2")  # W6 and W7 measure Willi's own mappings: Willi only
 POOL_WORKLOADS = ("W1", "W2")  # where willi-nopool runs: the upstream pool's effect
 LOG_WORKLOADS = ("W1",)  # where willi-info runs: what logging at info costs
+PASS_WORKLOADS = ("W3",)  # where willi-pass runs: what the strict body checks cost
 
 # W5 (STARTTLS on both sides): what each chosen configuration becomes. HAProxy
 # cannot speak STARTTLS (it only terminates TLS from the first byte), so it is
@@ -293,6 +294,15 @@ def start_willi_info(registry: Registry, rundir: Path, sink_port: int, opts: Opt
 
 
 SETUPS["willi-info"] = start_willi_info  # W1 only (LOG_WORKLOADS)
+
+
+def start_willi_pass(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    """Willi with `WILLI_BARE_LF=pass`: the body's end found, its bytes not
+    checked (issue 12 item 4's pass mode), beside the default strict checks."""
+    return start_willi(registry, rundir, sink_port, opts, {"WILLI_BARE_LF": "pass"}, "willi-pass")
+
+
+SETUPS["willi-pass"] = start_willi_pass  # W3 only (PASS_WORKLOADS)
 SETUPS["willi-noresume"] = SETUPS["willi-resume"] = start_willi_nopool  # W5 names; see RESUME_SETUPS
 
 

@@ -205,10 +205,12 @@ class Session:
         self.proto.void_transaction()
 
     def _emit(self, cmd: c.Emit) -> None:
-        if isinstance(cmd.record, RecipientRecord):
-            self.ctx.observer.recipient(cmd.record)
-        else:
-            self.ctx.observer.transaction(cmd.record)
+        observer = self.ctx.observer
+        for record in cmd.records:
+            if record.__class__ is RecipientRecord:
+                observer.recipient(record)
+            else:
+                observer.transaction(record)
 
     def _notice(self, cmd: c.Notice) -> None:
         self.ctx.observer.event(cmd.name, cmd.level, session=self.id, **dict(cmd.fields))

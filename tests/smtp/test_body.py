@@ -254,3 +254,22 @@ def _reference_bad(body: bytes) -> bool:
         return True
     stripped = body.replace(b"\r\n", b"")
     return b"\r" in stripped or b"\n" in stripped
+
+
+# Line ends, dots and NULs next to each other, where a bare CR and a later bare
+# LF could pass for a pair if only their counts were compared.
+_mail_bytes = st.lists(st.sampled_from([b"a", b".", b"\r", b"\n", b"\r\n", b"\0", b"\r\n.", b"\r\n.\r\n", b"a\r"]),
+                       max_size=40).map(b"".join)
+
+
+@settings(database=None, max_examples=600)
+@given(data=_mail_bytes.map(lambda b: b + b"\r\n.\r\n"), cuts=_cuts)
+def test_streams_of_line_ends_dots_and_nuls_match_the_reference_whole_and_split(data: bytes, cuts: list[int]) -> None:
+    for chunks in ([data], _chunks(data, cuts)):
+        end, violation, _ = scan_chunks(chunks)
+        assert end == _reference_end(data)
+        assert (violation is not None) == _reference_bad(data[:end])
+
+
+def test_a_bare_cr_and_a_later_bare_lf_are_not_a_pair() -> None:
+    assert scan_chunks([b"one\rtwo\nthree\r\n.\r\n"])[1] is BAD_LINE_ENDING

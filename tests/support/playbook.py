@@ -57,6 +57,10 @@ class FakeLink:
         return f"smtp://{self.route.server}"
 
     @property
+    def name(self) -> str:
+        return self.target
+
+    @property
     def lmtp(self) -> bool:
         return self.is_lmtp
 
@@ -95,7 +99,7 @@ class Playbook:
             event, expected = self.script[index]
             self.now += 1.0
             got = self.relay.handle(event, self.now)
-            self.records += [cmd.record for cmd in got if isinstance(cmd, c.Emit)]
+            self.records += [record for cmd in got if isinstance(cmd, c.Emit) for record in cmd.records]
             self.notices += [cmd for cmd in got if isinstance(cmd, c.Notice)]
             shown = [cmd for cmd in got if not isinstance(cmd, self.hide)]
             if _normal(shown) != _normal(expected):

@@ -112,9 +112,9 @@ class DropLink(Command):
 # --- telling ----------------------------------------------------------------------
 @dataclass(slots=True)
 class Emit(Command):
-    """Hand `record` (RecipientRecord, TransactionRecord) to the Observer."""
+    """Hand `records` (RecipientRecord, TransactionRecord), in order, to the Observer."""
 
-    record: Any
+    records: Any  # a tuple or list of records
 
 
 @dataclass(slots=True)

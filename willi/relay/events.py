@@ -23,6 +23,7 @@ class LinkView(Protocol):
     """What the relay reads of an upstream link (UpstreamLink satisfies it)."""
 
     route: Route
+    name: str  # the target as logs show it
     capabilities: Any  # Mapping[str, str]
     reused: bool
     target: Any

@@ -17,10 +17,11 @@ from willi.records import (DEFERRED, REFUSED, UPSTREAM, WILLI, RecipientRecord, 
 
 def code_text(reply: bytes) -> tuple[int | None, str | None]:
     """The code and first line's text of a reply (Willi's own or relayed)."""
-    if len(reply) < 3 or not reply[:3].isdigit():
+    code = reply[:3]
+    if len(code) < 3 or not code.isdigit():
         return None, None
-    first = reply.split(b"\r\n", 1)[0]
-    return int(first[:3]), first[4:].decode("utf-8", "replace")
+    end = reply.find(b"\r\n")
+    return int(code), reply[4:end if end >= 0 else len(reply)].decode("utf-8", "replace")
 
 
 class Ledger:
@@ -58,7 +59,7 @@ class Ledger:
         self.accepted.append(to)
 
     def close(self, now: float, final: bytes | None, src: str, size: int | None,
-              aborted: str | None) -> list[object]:
+              aborted: str | None) -> list[RecipientRecord | TransactionRecord]:
         """The records for the end of the transaction: one per accepted
         recipient, then the transaction's own."""
         if final is not None:
@@ -71,16 +72,14 @@ class Ledger:
                 code = text = None
         else:
             status = REFUSED if code is not None and code >= 500 else DEFERRED
-        out: list[object] = [
+        out: list[RecipientRecord | TransactionRecord] = [
             RecipientRecord(self.session, self.txn, to, status, code if final is not None else None,
                             text if final is not None else None, src if final is not None else WILLI,
                             self.upstream, aborted)
             for to in self.accepted
         ]
-        out.append(TransactionRecord(
-            session=self.session, txn=self.txn, client=self.client, helo=self.helo, tls=self.tls,
-            sender=self.sender, accepted=tuple(self.accepted), refused=self.refused,
-            upstream=self.upstream, upstream_tls=self.upstream_tls, status=status, code=code, text=text,
-            src=self.last_src, size=size, duration=round(now - self.started, 3), aborted=aborted,
-            chunking=self.chunking))
+        out.append(TransactionRecord(  # positional: one per message, keywords cost more
+            self.session, self.txn, self.client, self.helo, self.tls, self.sender, tuple(self.accepted),
+            self.refused, self.upstream, self.upstream_tls, status, code, text, self.last_src, size,
+            round(now - self.started, 3), aborted, self.chunking))
         return out

@@ -95,7 +95,7 @@ class Relay(Chunking):
         out = self._out = []
         if self._ignore and self._swallowed(event):
             return out
-        action = TRANSITIONS.get((self.state, type(event)))
+        action = _BY_STATE[self.state].get(type(event))
         if action is None:
             raise RelayError(f"{type(event).__name__} in state {self.state.value}")
         action(self, event)
@@ -144,14 +144,16 @@ class Relay(Chunking):
             # Bound to the upstream that accepted a recipient (SPEC §2 RCPT).
             if link is None or link.closed:
                 self._answer_lost(rcpt, replies.UPSTREAM_LOST)
-            elif route != link.route and self.split_recipients:
+            elif link.route is not route and route != link.route and self.split_recipients:
                 self._refuse(replies.OTHER_UPSTREAM, WILLI)
             elif link.lmtp:
                 self._refuse(replies.ONE_RCPT_FOR_LMTP, WILLI)
             else:
                 self._send_rcpt()
             return
-        if link is not None and not link.closed and link.route == route:
+        # Routes are shared (one object per distinct route): identity first,
+        # the dataclass's __eq__ only when it fails.
+        if link is not None and not link.closed and (link.route is route or link.route == route):
             if self.upstream_open:
                 self._send_rcpt()
             else:
@@ -179,7 +181,7 @@ class Relay(Chunking):
         except NeedsSMTPUTF8 as exc:
             self._refuse(exc.reply, WILLI)
             return
-        txn.upstream = str(link.target)
+        txn.upstream = link.name
         txn.upstream_tls = (link.tls + (" verified" if link.tls_verified else "")) if link.tls else None
         self._fresh = fresh
         self._mail_refused = None
@@ -239,7 +241,7 @@ class Relay(Chunking):
             txn.accept(str(rcpt.address))
             self._out.append(c.Answer(reply.raw, True))
         else:
-            self._do(c.Emit(txn.refuse(str(rcpt.address), reply.raw, UPSTREAM)), c.Answer(reply.raw, False))
+            self._do(c.Emit((txn.refuse(str(rcpt.address), reply.raw, UPSTREAM),)), c.Answer(reply.raw, False))
 
     def _send_rcpt(self) -> None:
         assert self._rcpt is not None
@@ -251,7 +253,7 @@ class Relay(Chunking):
         rcpt, txn = self._rcpt, self.txn
         assert rcpt is not None and txn is not None
         self.state = S.IDLE
-        self._do(c.Emit(txn.refuse(str(rcpt.address), reply, src)), c.Answer(reply, False))
+        self._do(c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
 
     # --- DATA and the body ------------------------------------------------------
     def _on_data(self, event: e.ClientData) -> None:
@@ -357,7 +359,7 @@ class Relay(Chunking):
         self.state = S.IDLE
         self._out.append(c.BodyDone(reply))
         if txn is not None:
-            self._out.extend(c.Emit(r) for r in txn.close(self._now, reply, src, size, None))
+            self._out.append(c.Emit(txn.close(self._now, reply, src, size, None)))
 
     # --- the upstream going away outside a command ----------------------------
     def _on_idle_lost(self, event: e.UpstreamLost) -> None:
@@ -390,7 +392,7 @@ class Relay(Chunking):
         assert txn is not None
         self.state = S.IDLE
         self.upstream_open = False
-        self._do(c.Emit(txn.refuse(str(rcpt.address), reply, src)), c.Answer(reply, False))
+        self._do(c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
         if txn.accepted:
             self._end_transaction(None, src, aborted="upstream lost")
             self._out.append(c.EndClientTransaction())
@@ -402,7 +404,7 @@ class Relay(Chunking):
         self.upstream_open = False
         self._do(c.Answer(reply, False), c.EndClientTransaction())
         if txn is not None:
-            self._out.extend(c.Emit(r) for r in txn.close(self._now, reply, src, None, None))
+            self._out.append(c.Emit(txn.close(self._now, reply, src, None, None)))
 
     def _end_transaction(self, last: bytes | None, src: str, aborted: str) -> None:
         self._chunk = self._stuffer = None
@@ -413,7 +415,7 @@ class Relay(Chunking):
             return
         if last is not None and not txn.accepted:
             txn.last, txn.last_src = last, src
-        self._out.extend(c.Emit(r) for r in txn.close(self._now, None, src, None, aborted))
+        self._out.append(c.Emit(txn.close(self._now, None, src, None, aborted)))
 
     # --- RSET, STARTTLS, the end ------------------------------------------------
     def _on_reset(self, event: e.ClientReset) -> None:
@@ -506,3 +508,9 @@ TRANSITIONS: dict[tuple[State, type], Handler] = {
         e.ClientGone, e.RouteAnswered, e.LinkReady, e.DialFailed, e.UpstreamReplied, e.UpstreamFailed,
         e.UpstreamLost, e.TimerFired, e.BodyReceived)},
 }
+
+# The same table by state, for handle(): one dict lookup by event type, no key tuple.
+_BY_STATE: dict[State, dict[type, Handler]] = {state: {} for state in State}
+for (_state, _type), _handler in TRANSITIONS.items():
+    _BY_STATE[_state][_type] = _handler
+del _state, _type, _handler

@@ -48,7 +48,7 @@ class UpstreamLink:
     """A connection to one upstream target, speaking SMTP or LMTP."""
 
     __slots__ = (
-        "reactor", "route", "target", "conn", "_reader", "_waiting", "_timer", "_deadline",
+        "reactor", "route", "target", "name", "conn", "_reader", "_waiting", "_timer", "_deadline",
         "capabilities", "tls", "tls_verified", "tls_resumed", "_engine", "xclient", "proxied", "credentials", "reused",
         "owner", "__weakref__",
     )
@@ -57,6 +57,7 @@ class UpstreamLink:
         self.reactor = reactor
         self.route = route
         self.target = target
+        self.name = str(target)  # as logs and records show it (a link serves many transactions)
         self.conn: Connection | None = None
         self._reader = ReplyReader()
         self._waiting: collections.deque[tuple[ReplyCallback, float]] = collections.deque()
