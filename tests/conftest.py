@@ -12,5 +12,12 @@ with warnings.catch_warnings():
     except ImportError:
         pass
 
+from hypothesis import settings as _hypothesis_settings
+
+# No test may depend on timing: Hypothesis's 200 ms deadline per example would
+# fail a property test on a busy CI machine, so there is none.
+_hypothesis_settings.register_profile("willi", deadline=None)
+_hypothesis_settings.load_profile("willi")
+
 from tests.support.certs import pki  # noqa: F401  (session-scoped test CA and certificates)
 from tests.support.mariadb import mariadb  # noqa: F401  (session-scoped real MariaDB)

@@ -51,6 +51,8 @@ class LineBuffer:
 
     def next_line(self) -> bytes | LineEvent | None:
         buf = self._buf
+        if not buf:
+            return None  # everything read is taken (and nothing half-skipped is left)
         end = buf.find(b"\n", self._scanned)
         if end < 0:
             # Its LF still to come, a line of this many octets is over the limit.

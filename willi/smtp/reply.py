@@ -73,6 +73,8 @@ class ReplyReader:
 
     def next_reply(self) -> Reply | None:
         buf = self._buf
+        if not buf:
+            return None  # the common case after a reply: nothing more came with it
         if not self._lines:
             # The common case: a whole one-line reply, parsed without the loop.
             end = buf.find(b"\r\n")
