@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from willi.context import Context
 
 BODY_STATES = (S.BODY, S.DRAIN, S.CHUNK)
+COMMAND = smtp.Phases.COMMAND
 
 
 class Session:
@@ -119,6 +120,8 @@ class Session:
                 if events:
                     self._run(events.pop(0))
                     continue
+                if proto.phase is not COMMAND:
+                    break  # waiting for the relay, or reading a body: no command to take
                 event = proto.next_event()
                 if event is None:
                     break

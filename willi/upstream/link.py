@@ -119,7 +119,8 @@ class UpstreamLink:
 
     def expect(self, callback: ReplyCallback, timeout: float) -> None:
         """Wait for one more reply without sending anything."""
-        if self.closed:
+        conn = self.conn
+        if conn is None or conn.closed:
             self.reactor.call_soon(callback, UpstreamLost("upstream connection closed"))
             return
         self._waiting.append((callback, timeout))
@@ -194,11 +195,12 @@ class UpstreamLink:
         if not self._waiting:
             self._fail(UpstreamProtocolError(f"unexpected reply: {reply.code} {reply.text}"))
             return
-        callback, _ = self._waiting.popleft()
-        if self._waiting:
-            self._arm(self._waiting[0][1])
+        waiting = self._waiting
+        callback, _ = waiting.popleft()
+        if waiting:
+            self._arm(waiting[0][1])
         else:
-            self._cancel_timer()
+            self._deadline = 0.0  # nothing awaited: the timer, when it fires, finds nothing due
         callback(reply)
 
     def on_lost(self, conn: Connection, exc: BaseException | None) -> None:
@@ -225,9 +227,6 @@ class UpstreamLink:
         if timer is not None:
             timer.cancel()
         self._timer = self.reactor.call_later(timeout, self._check_deadline)
-
-    def _cancel_timer(self) -> None:
-        self._deadline = 0.0
 
     def _drop_timer(self) -> None:
         self._deadline = 0.0
