@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,6 +45,7 @@ SESSIONS = 20
 SIZE = 2000
 WARM_UP = 200
 SOURCE_TIMEOUT = 600.0  # seconds: under valgrind Willi runs about 50 times slower
+DUMP_TIMEOUT = 60.0  # seconds for callgrind to write its counts once asked
 
 
 def count(tree: Path, keep: bool, messages: int, rundir: Path, python: str) -> float:
@@ -66,7 +68,13 @@ def count(tree: Path, keep: bool, messages: int, rundir: Path, python: str) -> f
         _source(port, messages, keep)
         _control(willi.pid, "--instr=off")
         _control(willi.pid, "--dump")
-        total = max((_total(Path(f)) for f in glob.glob(f"{out}.{willi.pid}*")), default=0)
+        # callgrind_control returns once the request is sent; the dump follows.
+        deadline = time.monotonic() + DUMP_TIMEOUT
+        total = 0
+        while not total and time.monotonic() < deadline:
+            total = max((_total(Path(f)) for f in glob.glob(f"{out}.{willi.pid}.*")), default=0)
+            if not total:
+                time.sleep(0.2)
         if not total:
             raise RuntimeError(f"no callgrind counts in {rundir}")
         return total / messages
@@ -86,10 +94,9 @@ def _control(pid: int, *args: str) -> None:
 
 
 def _total(path: Path) -> int:
-    for line in path.read_text(errors="replace").splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    return 0
+    """The instructions a dump counted (its `totals:` line; `summary:` may say 0)."""
+    return max((int(line.split()[1]) for line in path.read_text(errors="replace").splitlines()
+                if line.startswith(("summary:", "totals:"))), default=0)
 
 
 def checkout(rev: str, into: Path) -> Path:
