@@ -86,7 +86,9 @@ class Relay(Chunking):
         self._early: e.Event | None = None  # the chunk's upstream reply, come before its last byte
         self._this = 0  # the size of the current chunk
         self._last_pending = False  # LAST went up as "BDAT n" + "BDAT 0 LAST": the first reply is in
-        self._out: list[c.Command] = []
+        # Each handle() gets a list of its own; until the first, nothing to
+        # append to (and no 56-byte list for every idle session).
+        self._out: list[c.Command] | tuple[()] = ()
         self._now = 0.0
 
     # --- the one entry point ----------------------------------------------------
