@@ -28,7 +28,7 @@ class State(enum.Enum):
     CLOSED = "closed"
 
     # Members are singletons: identity hashing is exact, and the transition
-    # table is looked up with (state, event type) for every event.
+    # table is looked up by state for every event.
     __hash__ = object.__hash__
 
 
@@ -37,19 +37,13 @@ class S:
     event: in Python 3.11 every `State.X` goes through EnumType's
     `__getattr__` hook, four times the cost of a plain attribute."""
 
-    IDLE = State.IDLE
-    ROUTING = State.ROUTING
-    DIALING = State.DIALING
-    MAIL_SENT = State.MAIL_SENT
-    RCPT_SENT = State.RCPT_SENT
-    DATA_SENT = State.DATA_SENT
-    BODY = State.BODY
-    DRAIN = State.DRAIN
-    FINAL = State.FINAL
-    CHUNK_DATA_SENT = State.CHUNK_DATA_SENT
-    CHUNK = State.CHUNK
-    CHUNK_SENT = State.CHUNK_SENT
-    CLOSED = State.CLOSED
+    (IDLE, ROUTING, DIALING, MAIL_SENT, RCPT_SENT, DATA_SENT, BODY, DRAIN, FINAL, CHUNK_DATA_SENT, CHUNK,
+     CHUNK_SENT, CLOSED) = State
+
+
+# The unpacking above follows State's order: a member added or moved there fails here, at import.
+if not all(getattr(S, member.name) is member for member in State):
+    raise RuntimeError("relay.states.S does not list State's members in State's order")
 
 
 def demote_421(reply: Reply) -> bytes:
