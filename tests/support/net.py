@@ -61,6 +61,25 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
+def greets(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True when an SMTP server on host:port answers a connection with 220 now
+    (a listening socket alone says nothing of the process behind it)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            data = b""
+            while b"\n" not in data:
+                chunk = sock.recv(512)
+                if not chunk:
+                    return False
+                data += chunk
+            if data.startswith(b"220"):
+                sock.sendall(b"QUIT\r\n")
+                return True
+            return False
+    except OSError:
+        return False
+
+
 def port_refuses(host: str, port: int) -> bool:
     """True when a connection attempt to host:port is actively refused."""
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .daemon import launch, maildir_messages, read_logs, reap, wait_started
-from .net import LOOPBACK_V4, LoopbackServer, free_port, port_accepts, wait_until
+from .net import LOOPBACK_V4, LoopbackServer, free_port, greets, port_accepts, wait_until
 
 POSTFIX = "/usr/sbin/postfix"
 DOMAIN = "dest.test"
@@ -179,7 +179,11 @@ class PostfixServer(LoopbackServer):
         (root / "conf" / "master.cf").write_text(self._master_cf())
         self.process, self._output = launch([POSTFIX, "-c", str(root / "conf"), "start-fg"], root / "start.out")
         try:
-            wait_started(self.process, lambda: all(port_accepts(self.host, port) for port in self.ports.values()),
+            # Every port accepts, and a real smtpd greets with 220 on the plain
+            # one: a connection accepted by master while Postfix still starts
+            # up has been answered "421 4.3.0 Server local error".
+            wait_started(self.process, lambda: all(port_accepts(self.host, port) for port in self.ports.values())
+                         and greets(self.host, self.ports["xclient"]),
                          self.start_timeout, "postfix", self.log)
         except BaseException:
             self.stop()
