@@ -63,19 +63,24 @@ def port_accepts(host: str, port: int, timeout: float = 0.5) -> bool:
 
 def greets(host: str, port: int, timeout: float = 2.0) -> bool:
     """True when an SMTP server on host:port answers a connection with 220 now
-    (a listening socket alone says nothing of the process behind it)."""
+    (a listening socket alone says nothing of the process behind it); says
+    QUIT politely. False if not (yet)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             data = b""
             while b"\n" not in data:
-                chunk = sock.recv(512)
+                chunk = sock.recv(4096)
                 if not chunk:
                     return False
                 data += chunk
-            if data.startswith(b"220"):
-                sock.sendall(b"QUIT\r\n")
-                return True
-            return False
+            if not data.startswith(b"220"):
+                return False
+            sock.sendall(b"QUIT\r\n")
+            try:
+                sock.recv(4096)
+            except OSError:
+                pass
+            return True
     except OSError:
         return False
 

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Mapping, Self
 
-from .net import SmtpRawClient, free_port, wait_until
+from .net import SmtpRawClient, free_port, greets, wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WILLI_SCRIPT = REPO_ROOT / "willi.py"
@@ -93,28 +92,6 @@ def parse_log_line(line: str) -> dict[str, str]:
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         record[key] = value
     return record
-
-
-def greets(host: str, port: int, timeout: float = 2.0) -> bool:
-    """Connect, read a 220 greeting, say QUIT politely. False if not (yet)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            data = b""
-            while b"\n" not in data:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    return False
-                data += chunk
-            if not data.startswith(b"220"):
-                return False
-            sock.sendall(b"QUIT\r\n")
-            try:
-                sock.recv(4096)
-            except OSError:
-                pass
-            return True
-    except OSError:
-        return False
 
 
 class WilliProcess:
