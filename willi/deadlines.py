@@ -88,14 +88,13 @@ class ClientDeadline:
     """One session's client deadline; see the module docstring for the rules."""
 
     __slots__ = ("settings", "_stressed", "_deadline", "_stress_deadline", "_held", "_body", "_lines",
-                 "_timeout", "_stress_timeout", "_per_record")
+                 "_timeout", "_stress_timeout")
 
     def __init__(self, settings: DeadlineSettings, stressed: Callable[[], bool], now: float) -> None:
         self.settings = settings
         # Re-armed for every line: the settings are frozen, so read them once.
         self._timeout = settings.client_timeout(False)
         self._stress_timeout = settings.client_timeout(True)
-        self._per_record = settings.record_deadline
         self._stressed = stressed
         self._held = 0
         self._body = False
@@ -129,11 +128,10 @@ class ClientDeadline:
         over-long line, or a line without end would re-arm the deadline."""
         if lines_read != self._lines:
             self._lines = lines_read
-            self._body = False
-        elif self._per_record:
-            return
-        self._deadline = now + self._timeout
-        self._stress_deadline = now + self._stress_timeout
+            self._body = False  # line_completed
+        elif self.settings.record_deadline:
+            return  # command_bytes: per record, no effect
+        self._arm(now)
 
     def body_started(self, now: float) -> None:
         """The 354 went out: the body has `timeout` seconds in hand."""

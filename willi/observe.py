@@ -87,10 +87,9 @@ class Observer:
         metrics = self.metrics
         metrics.lookups.inc(mapping, result)
         metrics.lookup_duration.observe(seconds, mapping)
-        if result == "error":
-            self._log("warning", "lookup", {"mapping": mapping, "result": result, "seconds": seconds})
-        elif self.debug_enabled:
-            self._log("debug", "lookup", {"mapping": mapping, "result": result, "seconds": seconds})
+        if result == "error" or self.debug_enabled:
+            self._log("warning" if result == "error" else "debug", "lookup",
+                      {"mapping": mapping, "result": result, "seconds": seconds})
 
     def event(self, name: str, level: str = "info", **fields: object) -> None:
         bump = self._events.get(name)
@@ -113,7 +112,6 @@ class Observer:
         self.metrics.upstream_connects.inc(str(fields.get("target", "unknown")))
         if fields.get("reused"):
             self.metrics.pool_hits.inc()
-
 
 
 _RESERVED = frozenset({"ts", "level", "event"})

@@ -75,13 +75,13 @@ class Session:
         now = self.ctx.reactor.time()
         if self.relay.state in BODY_STATES:
             self.clock.deadline.body_bytes(len(data), now)
-            self._events.append(e.BodyReceived(data.obj, 0, len(data)))
+            self.post(e.BodyReceived(data.obj, 0, len(data)))
             self.pump()
         else:
             self.proto.feed(data)
             self.pump()
             self.clock.deadline.fed(self.proto.lines_read, now)
-        if not self.closed and (self.proto.phase is not smtp.Phases.COMMAND or self.flow.paused):
+        if not self.closed and (self.proto.phase is not COMMAND or self.flow.paused):
             # Only input makes the backlog grow, and only while the protocol
             # is not reading commands (in COMMAND phase at most a partial line
             # is left over, bounded by the line limit).
@@ -135,7 +135,7 @@ class Session:
         if self.ctx.draining and self._idle():
             self.say_goodbye(replies.SHUTTING_DOWN)
         elif self.eof:
-            if proto.phase is smtp.Phases.COMMAND and self.relay.state is S.IDLE:
+            if proto.phase is COMMAND and self.relay.state is S.IDLE:
                 self.close("client lost", flush=True)  # everything it sent is answered
             elif self.relay.state in BODY_STATES:
                 self.close("client lost")  # the rest of the body or chunk will never come
@@ -182,7 +182,7 @@ class Session:
             self.client.write(out)
 
     def _idle(self) -> bool:
-        return self.proto.phase is smtp.Phases.COMMAND and self.proto.mail is None
+        return self.proto.phase is COMMAND and self.proto.mail is None
 
     # --- executing the relay's commands --------------------------------------------
     def _answer(self, cmd: c.Answer) -> None:

@@ -145,13 +145,10 @@ class UpstreamSide:
             link.pipeline(lines, on_reply, timeout)
 
     def _reply_callback(self, link: UpstreamLink) -> Callable[[Any], None]:
-        session = self.session
-
         def on_reply(outcome: Any) -> None:
-            if link is not self.link or session.closed:
+            if link is not self.link or self.session.closed:
                 return  # a link the relay let go
-            session.post(e.UpstreamReplied(outcome) if type(outcome) is Reply else e.UpstreamFailed(outcome))
-            session.pump()
+            self._answer(e.UpstreamReplied(outcome) if type(outcome) is Reply else e.UpstreamFailed(outcome))
 
         return on_reply
 

@@ -8,27 +8,19 @@ from pathlib import Path
 import pytest
 
 from willi.errors import MappingError
+from willi.log import LevelMethods
 from willi.routing import MappingSpec, Route
 from willi.routing.csvmap import CsvMapping
 
 
-class ListLogger:
+class ListLogger(LevelMethods):
     """Collects (level, event, fields) so tests can assert what was logged."""
 
     def __init__(self) -> None:
         self.lines: list[tuple[str, str, dict[str, object]]] = []
 
-    def debug(self, event: str, **fields: object) -> None:
-        self.lines.append(("debug", event, fields))
-
-    def info(self, event: str, **fields: object) -> None:
-        self.lines.append(("info", event, fields))
-
-    def warning(self, event: str, **fields: object) -> None:
-        self.lines.append(("warning", event, fields))
-
-    def error(self, event: str, **fields: object) -> None:
-        self.lines.append(("error", event, fields))
+    def log(self, level: str, event: str, **fields: object) -> None:
+        self.lines.append((level, event, fields))
 
     def events(self) -> list[str]:
         return [event for _, event, _ in self.lines]

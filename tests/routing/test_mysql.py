@@ -18,6 +18,7 @@ import pytest
 
 from tests.support.mariadb import MariaDB
 from willi.errors import MappingError
+from willi.log import LevelMethods
 from willi.routing import NOT_CACHED, MappingSpec, Route
 from willi.routing.mysql import MysqlMapping, parse_uri
 
@@ -37,7 +38,7 @@ class Clock:
         self.now += seconds
 
 
-class RecordingLogger:
+class RecordingLogger(LevelMethods):
     """Keeps every log call, so tests can assert on events and on what no
     line may contain (the password)."""
 
@@ -45,21 +46,9 @@ class RecordingLogger:
         self.records: list[tuple[str, str, dict[str, Any]]] = []
         self._lock = threading.Lock()
 
-    def _log(self, level: str, event: str, **fields: Any) -> None:
+    def log(self, level: str, event: str, **fields: Any) -> None:
         with self._lock:
             self.records.append((level, event, fields))
-
-    def debug(self, event: str, **fields: Any) -> None:
-        self._log("debug", event, **fields)
-
-    def info(self, event: str, **fields: Any) -> None:
-        self._log("info", event, **fields)
-
-    def warning(self, event: str, **fields: Any) -> None:
-        self._log("warning", event, **fields)
-
-    def error(self, event: str, **fields: Any) -> None:
-        self._log("error", event, **fields)
 
     def events(self) -> list[str]:
         return [event for _, event, _ in self.records]

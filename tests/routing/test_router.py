@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.routing.test_csvmap import ListLogger
 from willi.errors import MappingError
 from willi.routing import NOT_CACHED, MappingSpec, NotCached, Route
 from willi.routing.csvmap import CsvMapping
@@ -170,26 +171,6 @@ def test_reload_and_close_reach_every_mapping() -> None:
 def test_check_propagates_a_mapping_error() -> None:
     with pytest.raises(MappingError):
         router(FakeMapping("m1"), FakeMapping("m2", fail=True)).check()
-
-
-class ListLogger:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, dict[str, object]]] = []
-
-    def _log(self, level: str, event: str, **fields: object) -> None:
-        self.lines.append((level, event, fields))
-
-    def debug(self, event: str, **fields: object) -> None:
-        self._log("debug", event, **fields)
-
-    def info(self, event: str, **fields: object) -> None:
-        self._log("info", event, **fields)
-
-    def warning(self, event: str, **fields: object) -> None:
-        self._log("warning", event, **fields)
-
-    def error(self, event: str, **fields: object) -> None:
-        self._log("error", event, **fields)
 
 
 def test_build_mappings_makes_csv_and_static_mappings_in_order(tmp_path) -> None:

@@ -55,7 +55,7 @@ class Chunking:
             only_last = self._last and not self._remaining
             self._last_pending = False
             self._out.append(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
-                            c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
+                                    c.DATA_TIMEOUT if only_last else c.COMMAND_TIMEOUT))
         self.state = S.CHUNK
         if self._remaining:
             self._out.append(c.READ_BODY)
@@ -157,7 +157,8 @@ class Chunking:
             self._early = event
 
     def _on_chunk_stalled(self, event: e.TimerFired) -> None:
-        self._out.append(c.Notice("upstream_failed", "warning", (("error", "upstream stopped reading the body"),)))
+        self._out.append(c.Notice("upstream_failed", "warning",
+                                  (("error", "upstream stopped reading the body"),)))
         self._drop(abort=True)
         if self._failure is None:
             self._failure = replies.UPSTREAM_TIMEOUT

@@ -104,8 +104,9 @@ class Relay(Chunking):
         return out
 
     def _swallowed(self, event: e.Event) -> bool:
-        """Replies to commands whose answers nobody waits for (an RSET)."""
-        if not self._ignore or not isinstance(event, (e.UpstreamReplied, e.UpstreamFailed)):
+        """Replies to commands whose answers nobody waits for (an RSET); asked
+        only while `_ignore` counts some."""
+        if not isinstance(event, (e.UpstreamReplied, e.UpstreamFailed)):
             return False
         self._ignore -= 1
         broken = isinstance(event, e.UpstreamFailed) or event.reply.code == 421
@@ -114,9 +115,6 @@ class Relay(Chunking):
             # that does hears the failure itself, next.
             self._drop(abort=True)
         return True
-
-    def _do(self, *commands: c.Command) -> None:
-        self._out.extend(commands)
 
     # --- RCPT ---------------------------------------------------------------------
     def _on_rcpt(self, event: e.ClientRcpt) -> None:
@@ -172,7 +170,8 @@ class Relay(Chunking):
 
     def _on_dial_failed(self, event: e.DialFailed) -> None:
         server = self._route.server if self._route is not None else None
-        self._out.append(c.Notice("upstream_unavailable", "warning", (("server", server), ("error", event.error))))
+        self._out.append(c.Notice("upstream_unavailable", "warning",
+                                  (("server", server), ("error", event.error))))
         self._refuse(replies.UPSTREAM_UNAVAILABLE, WILLI)
 
     def _send_envelope(self, fresh: bool) -> None:
@@ -243,7 +242,8 @@ class Relay(Chunking):
             txn.accept(str(rcpt.address))
             self._out.append(c.Answer(reply.raw, True))
         else:
-            self._do(c.Emit((txn.refuse(str(rcpt.address), reply.raw, UPSTREAM),)), c.Answer(reply.raw, False))
+            refused = txn.refuse(str(rcpt.address), reply.raw, UPSTREAM)
+            self._out += (c.Emit((refused,)), c.Answer(reply.raw, False))
 
     def _send_rcpt(self) -> None:
         assert self._rcpt is not None
@@ -255,7 +255,7 @@ class Relay(Chunking):
         rcpt, txn = self._rcpt, self.txn
         assert rcpt is not None and txn is not None
         self.state = S.IDLE
-        self._do(c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
+        self._out += (c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
 
     # --- DATA and the body ------------------------------------------------------
     def _on_data(self, event: e.ClientData) -> None:
@@ -273,7 +273,7 @@ class Relay(Chunking):
             self._scanner = DataScanner(self.max_size, self.strict_body)
             self._held = b""
             self._failure = None
-            self._do(c.Answer(reply.raw, True), c.READ_BODY)
+            self._out += (c.Answer(reply.raw, True), c.READ_BODY)
             return
         if reply.code == 421:
             self._drop(abort=True)
@@ -394,7 +394,7 @@ class Relay(Chunking):
         assert txn is not None
         self.state = S.IDLE
         self.upstream_open = False
-        self._do(c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
+        self._out += (c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
         if txn.accepted:
             self._end_transaction(None, src, aborted="upstream lost")
             self._out.append(c.EndClientTransaction())
@@ -404,7 +404,7 @@ class Relay(Chunking):
         txn, self.txn = self.txn, None
         self.state = S.IDLE
         self.upstream_open = False
-        self._do(c.Answer(reply, False), c.EndClientTransaction())
+        self._out += (c.Answer(reply, False), c.EndClientTransaction())
         if txn is not None:
             self._out.append(c.Emit(txn.close(self._now, reply, src, None, None)))
 

@@ -95,9 +95,8 @@ class Dialer:
              reverse_name: Callable[[Callable[[str], None]], None],
              done: Callable[[UpstreamLink | None, str], None]) -> "DialAttempt | _FromPool":
         """A parked idle link for the route when there is one, else a new one."""
-        link = self.pool.take(route, client_tls, self.credentials)
+        link = self.take_parked(route, client_tls)
         if link is not None:
-            link.reused = True
             return _FromPool(self.reactor, link, done)
         return DialAttempt(self, route, client, client_tls, reverse_name, done)
 
