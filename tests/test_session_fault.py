@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import socket
 
+import pytest
+
 from tests.test_reactor import run_until
 from willi import replies
 from willi.cli import _router, dial_settings
@@ -73,3 +75,34 @@ def test_a_fault_in_one_session_ends_it_with_421_and_the_other_session_goes_on()
     assert "AttributeError" in faults[0]["traceback"] and "Traceback" in faults[0]["traceback"]
     ends = [(r.session, r.reason) for r in observer.records if getattr(r, "event", None) == "disconnect"]
     assert ends == [(faulty.id, "fault"), (healthy.id, "test over")]
+
+
+class FailsAtConnect(ListObserver):
+    """An Observer whose connect record raises: a fault before the greeting."""
+
+    def session(self, record):  # type: ignore[no-untyped-def]
+        if record.event == "connect":
+            raise RuntimeError("observer broken")
+        super().session(record)
+
+
+def test_a_session_that_cannot_start_tells_its_client_421_and_leaves_nothing_behind() -> None:
+    config = load_config(None, {"WILLI_HOSTNAME": "willi.test", "WILLI_MAPPING_1": "static:127.0.0.1:9"})
+    logger = Logger(io.StringIO())
+    reactor = Reactor()
+    workers = WorkerPool(reactor, 1, 10)
+    ctx = Context(config, reactor, workers, _router(config, logger), Dialer(reactor, workers, dial_settings(config),
+                                                                            lambda verify: None, logger),
+                  logger, observer=FailsAtConnect())
+    ours, theirs = socket.socketpair()
+    theirs.settimeout(5)
+    try:
+        with pytest.raises(RuntimeError, match="observer broken"):
+            Session(ctx, ours, ("192.0.2.1", 1000))
+        heard = b"".join(iter(lambda: theirs.recv(4096), b""))  # up to the close
+    finally:
+        theirs.close()
+        workers.close()
+        reactor.close()
+    assert heard == replies.SESSION_FAULT  # no greeting, no silence: a clear 421, then the close
+    assert ctx.open_sessions == 0 and ours.fileno() == -1

@@ -226,7 +226,11 @@ class Front:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
-        session = self.new_session(sock, peer)
+        try:
+            session = self.new_session(sock, peer)
+        except Exception:
+            self._release(ip)  # it never started: its per-IP slot is free again (the guard reports it)
+            raise
         if session.closed:  # closed during its own greeting
             self._release(ip)
         else:

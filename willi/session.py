@@ -62,12 +62,16 @@ class Session:
             ctx.observer.session(SessionRecord("connect", self.id, peer[0], peer[1]))
             self.proto.greet()
             self._flush_client()
-        except Exception:  # a session that cannot start leaves nothing behind (the guard reports it)
+        except Exception:
+            # A session that cannot start leaves nothing behind but a clear
+            # 421 for its client (the guard reports the fault); no transaction
+            # exists yet, so an orderly close is safe.
             self.closed = True
             if hasattr(self, "clock"):
                 self.clock.cancel()
             ctx.open_sessions -= 1
-            self.client.abort()
+            self.client.write(replies.SESSION_FAULT)
+            self.client.close()
             raise
 
     # --- client connection events ---------------------------------------------

@@ -93,3 +93,21 @@ def test_the_rate_limit_is_an_event_with_its_reason(running) -> None:
     wait_until(lambda: observer.records, 5, 0.01, "the event")
     assert observer.records == [("connection_refused", {"client": "127.0.0.9", "reason": "rate_limit"})]
     assert [ip for ip, _ in created.peers] == ["127.0.0.9", "127.0.0.9"]  # the third never got a session
+
+
+class FailsToStart(Created):
+    """A session factory that raises, as a session whose greeting faults does."""
+
+    def __call__(self, sock: socket.socket, peer: tuple[str, int]) -> Any:
+        self.peers.append(peer)
+        sock.close()
+        raise RuntimeError("session could not start")
+
+
+def test_a_session_that_fails_to_start_frees_its_per_ip_slot(running) -> None:
+    failing = FailsToStart()
+    port, _, observer = running(new_session=failing, max_per_ip=2, rate=ConnectionRate(0))
+    # More faults from one address than its limit: a slot kept by each would
+    # refuse the third with 421 too many connections.
+    assert [first_bytes(port) for _ in range(3)] == [b"", b"", b""]
+    assert len(failing.peers) == 3 and observer.records == []
