@@ -40,15 +40,20 @@ def received(sock: socket.socket, into: bytearray) -> bytearray:
     return into
 
 
-def test_a_fault_in_one_session_ends_it_with_421_and_the_other_session_goes_on() -> None:
+def context(observer: ListObserver) -> tuple[Context, Reactor, WorkerPool]:
+    """A real Context on a real Reactor, its records going to `observer`."""
     config = load_config(None, {"WILLI_HOSTNAME": "willi.test", "WILLI_MAPPING_1": "static:127.0.0.1:9"})
     logger = Logger(io.StringIO())
     reactor = Reactor()
     workers = WorkerPool(reactor, 1, 10)
+    dialer = Dialer(reactor, workers, dial_settings(config), lambda verify: None, logger)
+    ctx = Context(config, reactor, workers, _router(config, logger), dialer, logger, observer=observer)
+    return ctx, reactor, workers
+
+
+def test_a_fault_in_one_session_ends_it_with_421_and_the_other_session_goes_on() -> None:
     observer = ListObserver()
-    ctx = Context(config, reactor, workers, _router(config, logger), Dialer(reactor, workers, dial_settings(config),
-                                                                            lambda verify: None, logger),
-                  logger, observer=observer)
+    ctx, reactor, workers = context(observer)
     pairs = [socket.socketpair() for _ in range(2)]
     faulty, healthy = (Session(ctx, ours, ("192.0.2.1", 1000 + i)) for i, (ours, _) in enumerate(pairs))
     faulty.relay = Broken(faulty.id, "192.0.2.1", 1000)
@@ -87,13 +92,7 @@ class FailsAtConnect(ListObserver):
 
 
 def test_a_session_that_cannot_start_tells_its_client_421_and_leaves_nothing_behind() -> None:
-    config = load_config(None, {"WILLI_HOSTNAME": "willi.test", "WILLI_MAPPING_1": "static:127.0.0.1:9"})
-    logger = Logger(io.StringIO())
-    reactor = Reactor()
-    workers = WorkerPool(reactor, 1, 10)
-    ctx = Context(config, reactor, workers, _router(config, logger), Dialer(reactor, workers, dial_settings(config),
-                                                                            lambda verify: None, logger),
-                  logger, observer=FailsAtConnect())
+    ctx, reactor, workers = context(FailsAtConnect())
     ours, theirs = socket.socketpair()
     theirs.settimeout(5)
     try:
