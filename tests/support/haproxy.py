@@ -90,8 +90,10 @@ class HAProxy(LoopbackServer):
             self.process = subprocess.Popen([self.binary, "-f", str(self.config_path), "-db"],
                                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         try:
-            wait_until(lambda: self._alive() and port_accepts(self.host, self.port), self.start_timeout, 0.02,
-                       f"haproxy to listen on {self.port}")
+            # The admin socket too: the frontend can listen before it does (a
+            # fresh-clone run was refused by it right after the port accepted).
+            wait_until(lambda: self._alive() and port_accepts(self.host, self.port) and self._admin_accepts(),
+                       self.start_timeout, 0.02, f"haproxy to listen on {self.port} and {self.admin_path}")
         except BaseException:
             self.stop()
             raise
@@ -131,6 +133,14 @@ class HAProxy(LoopbackServer):
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
         return b"".join(chunks).decode(errors="replace")
+
+    def _admin_accepts(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            try:
+                sock.connect(str(self.admin_path))
+            except (FileNotFoundError, ConnectionRefusedError):
+                return False
+        return True
 
     def server_states(self) -> dict[str, bool]:
         """Server name -> UP, from `show servers state willis`."""
