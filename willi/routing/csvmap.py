@@ -28,6 +28,7 @@ checked on lookups, at most once a second, and a change is read at once.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -167,6 +168,8 @@ class CsvMapping:
             self._timer.cancel()
             self._timer = None
         self._reactor = self._workers = None
+        # Detached now, but not unattached: a lookup must not start re-reading.
+        self._next_check = math.inf
 
     # -- attached: the reactor watches, a worker reads ------------------------
 
