@@ -112,8 +112,11 @@ class Histogram(_Metric):
         self.series: dict[Labels, tuple[list[int], list[float]]] = {}
 
     def observe(self, value: float, *labels: str) -> None:
-        key = self._key(labels, self.series)
-        counts, total = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
+        entry = self.series.get(labels)  # every observation after a series' first
+        if entry is None:
+            key = self._key(labels, self.series)
+            entry = self.series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
+        counts, total = entry
         counts[bisect_left(self.buckets, value)] += 1  # the first bound >= value, or +Inf
         total[0] += value
 

@@ -79,8 +79,7 @@ class Session:
         now = self.ctx.reactor.time()
         if self.relay.state in BODY_STATES:
             self.clock.deadline.body_bytes(len(data), now)
-            self.post(e.BodyReceived(data.obj, 0, len(data)))
-            self.pump()
+            self.pump(e.BodyReceived(data.obj, 0, len(data)))
         else:
             self.proto.feed(data)
             self.pump()
@@ -113,8 +112,11 @@ class Session:
     def post(self, event: e.Event) -> None:
         self._events.append(event)
 
-    def pump(self) -> None:
-        """Run relay events and protocol events until both have to wait."""
+    def pump(self, event: e.Event | None = None) -> None:
+        """Run relay events (`event` first, when given: an outcome from
+        outside) and protocol events until both have to wait."""
+        if event is not None:
+            self._events.append(event)
         if self._pumping or self.closed:
             return
         self._pumping = True

@@ -46,8 +46,7 @@ class UpstreamSide:
 
     def _answer(self, event: e.Event) -> None:
         """Hand an asynchronous outcome to the relay and let the session run."""
-        self.session.post(event)
-        self.session.pump()
+        self.session.pump(event)
 
     def _next_token(self) -> int:
         self.token += 1

@@ -14,10 +14,11 @@ from willi.smtp.address import Address
 
 def lookup_keys(address: Address, delimiter: str) -> list[str]:
     """Keys for `address`, most specific first, lower-cased, without duplicates."""
-    keys = [str(address).lower()]
+    full = str(address).lower()
     if not address.domain:
-        return keys
+        return [full]
     domain = address.domain.lower()
+    keys = [full]
     base = _without_extension(address.local, delimiter)
     if base is not None:
         keys.append(f"{base}@{domain}".lower())
@@ -25,9 +26,11 @@ def lookup_keys(address: Address, delimiter: str) -> list[str]:
     if not domain.startswith("["):
         # An address literal has no parents; a host name has one per label
         # above its own (".mail.example.org" would name mail.example.org's
-        # subdomains, not mail.example.org).
-        labels = domain.split(".")
-        keys.extend("." + ".".join(labels[i:]) for i in range(1, len(labels)))
+        # subdomains, not mail.example.org): each from one of its dots on.
+        dot = domain.find(".")
+        while dot >= 0:
+            keys.append(domain[dot:])
+            dot = domain.find(".", dot + 1)
     return list(dict.fromkeys(keys))
 
 
@@ -40,7 +43,10 @@ def _without_extension(local: str, delimiter: str) -> str | None:
     """
     if not delimiter or local.startswith('"'):
         return None
-    cut = min((i for i in (local.find(ch) for ch in delimiter) if i >= 0), default=-1)
+    if len(delimiter) == 1:  # the common case: one character, one search
+        cut = local.find(delimiter)
+    else:
+        cut = min((i for i in (local.find(ch) for ch in delimiter) if i >= 0), default=-1)
     if cut <= 0:
         return None
     return local[:cut]
