@@ -27,7 +27,7 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from willi.smtp.body import _NOT_LINE_END, END, DataScanner  # noqa: E402
+from willi.smtp.body import END, NOT_LINE_END, DataScanner  # noqa: E402
 
 KEEP = "keep only CR, LF and NUL (bytes + translate)"
 
@@ -91,7 +91,7 @@ def measure(mail: bytes, chunk: int) -> dict[str, float]:
         "pass-mode scan (end of data and size only)": scanner(False),
         "find a dot (memchr: an end of data needs one)": each(lambda a, b: buf.find(b".", a, b)),
         "find end of data (CRLF.CRLF) in every chunk": each(lambda a, b: buf.find(END, a, b)),
-        KEEP: each(lambda a, b: bytes(view[a:b]).translate(None, _NOT_LINE_END)),
+        KEEP: each(lambda a, b: bytes(view[a:b]).translate(None, NOT_LINE_END)),
         "count CRLF": each(lambda a, b: buf.count(b"\r\n", a, b)),
         "count LF (before 0.2.1: a pass of its own)": each(lambda a, b: buf.count(b"\n", a, b)),
         "count CR (before 0.2.1: a pass of its own)": each(lambda a, b: buf.count(b"\r", a, b)),

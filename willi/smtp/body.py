@@ -18,7 +18,7 @@ from __future__ import annotations
 
 END = b"\r\n.\r\n"
 # Every byte but CR, LF and NUL: what translate() deletes to leave only those.
-_NOT_LINE_END = bytes(b for b in range(256) if b not in (0, 10, 13))
+NOT_LINE_END = bytes(b for b in range(256) if b not in (0, 10, 13))
 
 
 def line_ends(buf: bytes | bytearray, start: int, stop: int) -> tuple[int, int, int, bool]:
@@ -30,7 +30,7 @@ def line_ends(buf: bytes | bytearray, start: int, stop: int) -> tuple[int, int, 
     the strict scanner)."""
     # bytes.translate runs at twice the speed of bytearray.translate.
     chunk = buf[start:stop] if buf.__class__ is bytes else bytes(memoryview(buf)[start:stop])
-    ends = chunk.translate(None, _NOT_LINE_END)
+    ends = chunk.translate(None, NOT_LINE_END)
     return buf.count(b"\r\n", start, stop), ends.count(13), ends.count(10), 0 in ends
 
 
