@@ -154,4 +154,4 @@ class HAProxy(LoopbackServer):
     def wait_for_state(self, up: dict[str, bool], timeout: float = 10.0) -> None:
         """Until HAProxy's health checks see each named server as up/down."""
         wait_until(lambda: all(self.server_states().get(name) == want for name, want in up.items()),
-                   timeout, 0.05, f"haproxy to see {up}; states {self.server_states()}\n{self.output()}")
+                   timeout, 0.05, lambda: f"haproxy to see {up}; states {self.server_states()}\n{self.output()}")

@@ -34,11 +34,12 @@ def wait_until(
     predicate: Callable[[], T],
     timeout: float = 10.0,
     interval: float = 0.01,
-    message: str = "",
+    message: str | Callable[[], str] = "",
 ) -> T:
     """Poll `predicate` until it returns a truthy value, which is returned.
 
-    Raises AssertionError naming `message` when `timeout` seconds pass first.
+    Raises AssertionError naming `message` when `timeout` seconds pass first
+    (a callable message is built then, from the state at the timeout).
     """
     deadline = time.monotonic() + timeout
     while True:
@@ -46,9 +47,8 @@ def wait_until(
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(
-                f"timed out after {timeout}s waiting for {message or predicate!r}"
-            )
+            what = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r}")
         time.sleep(interval)
 
 
