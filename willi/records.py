@@ -32,11 +32,11 @@ UPSTREAM = "upstream"  # ... or the upstream, whose reply was relayed
 
 def status_of(code: int | None, at_rcpt: bool) -> str:
     """The outcome word for the reply code the client got."""
-    if code is None or 400 <= code < 500:
-        return DEFERRED
-    if code >= 500:
+    if code is not None and 200 <= code < 300:
+        return SENT
+    if code is not None and code >= 500:
         return REFUSED if at_rcpt else BOUNCED
-    return SENT
+    return DEFERRED  # 4xx, none, or a code no final reply may have (1xx, 3xx): not taken
 
 
 @dataclass(slots=True)

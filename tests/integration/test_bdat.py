@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tests.support.net import SmtpRawClient, wait_until
-from tests.support.upstream import DEFAULT_CAPABILITIES, ScriptableUpstream
+from tests.support.upstream import DEFAULT_CAPABILITIES, FaultScript, ScriptableUpstream
 from tests.support.willi_process import open_session
 from willi import replies
 
@@ -185,6 +185,54 @@ def test_an_upstream_that_rejects_a_middle_chunk_has_every_later_chunk_answered_
         got = [r.raw for r in client.read_replies(4)]
     assert got[0].startswith(b"250") and got[1:] == [reject, reject, reject]
     assert upstream.messages == []
+
+
+@pytest.mark.parametrize("kind", ["chunking", "plain"])
+def test_an_upstream_lost_between_chunks_ends_the_transaction_and_the_next_mail_needs_no_rset(module_launch,
+                                                                                             kind):
+    chunking = kind == "chunking"
+    upstream = module_launch.upstream(
+        capabilities=[*DEFAULT_CAPABILITIES, "CHUNKING"] if chunking else DEFAULT_CAPABILITIES,
+        faults=FaultScript(close_on="BDAT" if chunking else "DATA", sessions={1}))
+    willi = module_launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}"})
+    with open_session(willi) as client:
+        envelope(client, "u@example.org")
+        bdat(client, b"one\r\n")
+        assert client.read_reply().code == 451
+        # The transaction is over: no "503 nested MAIL", no "503 RCPT after BDAT".
+        envelope(client, "u@example.org")
+        bdat(client, CONTENT, last=True)
+        assert client.read_reply().code == 250
+    assert latest(upstream, "u@example.org").body == CONTENT
+    assert len(upstream.messages) == 1
+
+
+def test_a_link_whose_translated_data_was_refused_is_reused_without_a_transaction_open(module_launch):
+    refused: list[int] = []
+
+    def on_command(session, line):
+        if line.upper() == b"DATA" and not refused:
+            refused.append(session.number)
+            return b"451 4.7.1 Try DATA later\r\n"
+        return None
+
+    upstream = module_launch.upstream(on_command=on_command)  # no CHUNKING: BDAT becomes DATA
+    willi = module_launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}",
+                                 "WILLI_UPSTREAM_POOL_IDLE": "30s"})
+    with open_session(willi) as client:
+        envelope(client, "first@example.org")
+        bdat(client, b"hello\r\n", last=True)
+        assert client.read_reply().raw == b"451 4.7.1 Try DATA later\r\n"
+        # Willi resets the upstream's half-open transaction at once.
+        wait_until(lambda: b"RSET" in [line.upper() for line in upstream.sessions[0].commands], 5, 0.02,
+                   "RSET upstream")
+    # The next client gets the link from the pool (once the RSET's reply is in; else a new one),
+    # and finds no MAIL of the first open on it.
+    with open_session(willi) as client:
+        envelope(client, "second@example.org")
+        bdat(client, CONTENT, last=True)
+        assert client.read_reply().code == 250
+    assert latest(upstream, "second@example.org").body == CONTENT
 
 
 def test_memory_stays_bounded_for_a_1_gb_chunk_announced_in_one_bdat(willi, upstreams):

@@ -9,8 +9,9 @@ every later chunk (RFC 3030 §4.2); the size limit counts across chunks.
 
 from __future__ import annotations
 
-from tests.relay.test_relay_conversations import A, GO_AHEAD, QUEUED, bound, body
-from tests.support.playbook import FakeLink, Playbook, machine, reply
+from tests.relay.test_relay_conversations import (A, GO_AHEAD, MAIL, OK_MAIL, OK_RCPT, QUEUED, bound, body,
+                                                   rcpt_line)
+from tests.support.playbook import FakeLink, Playbook, addr, machine, rcpt, reply
 from willi import replies
 from willi.errors import UpstreamLost
 from willi.records import TransactionRecord
@@ -84,15 +85,83 @@ def test_translated_chunks_end_with_crlf_dot_crlf_and_the_final_reply_is_relayed
 
 
 def test_a_refused_data_at_translation_is_each_chunks_answer_and_its_bytes_are_thrown_away() -> None:
-    refused = b"554 5.7.0 No\r\n"
+    refused = b"451 4.7.1 Try again later\r\n"
     pb = Playbook()
     bound(pb)
     assert (pb
             >> e.ClientBdat(2, False) << c.Send((b"DATA\r\n",))
-            >> reply(refused) << c.ReadBody()
+            # MAIL and RCPT are still open upstream, the client's BDAT transaction has failed: reset them.
+            >> reply(refused) << c.Send((b"RSET\r\n",)) << c.ReadBody()
             >> body(b"ab") << c.Answer(refused, False)
             >> e.ClientBdat(2, True) << c.ReadBody()
-            >> body(b"cd") << c.BodyDone(refused))
+            >> body(b"cd") << c.BodyDone(refused)
+            >> reply(b"250 2.0.0 Ok\r\n")  # the RSET's: nobody's to hear
+            # The next transaction on the same link starts clean: no "503 nested MAIL".
+            >> rcpt("b@a.example.net") << c.LookUp(addr("b@a.example.net"))
+            >> e.RouteAnswered(A) << c.Send((MAIL, rcpt_line("b@a.example.net")))
+            >> reply(OK_MAIL) >> reply(OK_RCPT) << c.Answer(OK_RCPT, True))
+    assert [(r.status, r.code) for r in pb.records if isinstance(r, TransactionRecord)] == [("deferred", 451)]
+
+
+def test_a_link_whose_translated_data_was_refused_goes_back_without_an_open_transaction() -> None:
+    pb = Playbook()
+    bound(pb)
+    assert (pb
+            >> e.ClientBdat(2, True) << c.Send((b"DATA\r\n",))
+            >> reply(b"554 5.7.0 No\r\n") << c.Send((b"RSET\r\n",)) << c.ReadBody()
+            >> body(b"ab") << c.BodyDone(b"554 5.7.0 No\r\n")
+            # QUIT: the link may be parked, since the upstream has no transaction open on it.
+            >> e.ClientGone("client quit") << c.DropLink(abort=False, reusable=True))
+
+
+def test_an_upstream_lost_at_a_middle_chunk_ends_the_transaction_and_a_new_mail_needs_no_rset() -> None:
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(2, False) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+            >> body(b"ab") << c.SendBody(b"ab")
+            >> e.UpstreamLost(UpstreamLost("gone")) << c.DropLink(abort=True, reusable=False)
+            << c.Answer(replies.UPSTREAM_LOST, False) << c.EndClientTransaction())
+    assert pb.relay.state is State.IDLE and pb.relay.txn is None
+    txn = pb.records[-1]
+    assert isinstance(txn, TransactionRecord) and (txn.status, txn.code, txn.chunking) == ("deferred", 451, True)
+    # The client protocol refuses the rest of its chunks; its next MAIL starts afresh and dials.
+    assert (pb
+            >> rcpt("b@a.example.net") << c.LookUp(addr("b@a.example.net"))
+            >> e.RouteAnswered(A) << c.Dial(A))
+
+
+def test_each_way_of_losing_the_upstream_under_a_middle_chunk_ends_the_transaction() -> None:
+    closing = b"421 4.3.2 Shutting down\r\n"
+    lost = e.UpstreamLost(UpstreamLost("gone"))
+    ways = {
+        "421 to the chunk": (dict(CHUNKING), [body(b"ab"), reply(closing)]),
+        "lost before the chunk is all in": (dict(CHUNKING), [lost, body(b"ab")]),
+        "stalled": (dict(CHUNKING), [e.TimerFired(e.UPSTREAM_STALLED), body(b"ab")]),
+        "421 to the translated DATA": ({"PIPELINING": ""}, [reply(closing), body(b"ab")]),
+        "lost at the translated DATA": ({"PIPELINING": ""}, [lost, body(b"ab")]),
+    }
+    for way, (caps, events) in ways.items():
+        pb = Playbook()
+        bound(pb, link=FakeLink(A, capabilities=caps))
+        got = [cmd for event in [e.ClientBdat(2, False), *events] for cmd in pb.relay.handle(event, 1.0)
+               if not isinstance(cmd, (c.Emit, c.Notice, c.Send, c.ReadBody, c.SendBody))]
+        # The chunk hears a 4xx, then the transaction is over; the link is gone.
+        assert got == [c.DropLink(abort=True, reusable=False), c.Answer(got[1].reply, False),  # type: ignore[union-attr]
+                       c.EndClientTransaction()], way
+        assert got[1].reply[:1] == b"4", way  # type: ignore[union-attr]
+        assert pb.relay.txn is None and pb.relay.state is State.IDLE, way
+
+
+def test_a_body_violation_in_a_middle_chunk_does_not_end_the_transaction() -> None:
+    # The client's own fault, not the upstream's: later chunks hear the same 5xx (RFC 3030 §4.2).
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(3, False) << c.Send((b"BDAT 3\r\n",)) << c.ReadBody()
+            >> body(b"a\nb") << c.DropLink(abort=True, reusable=False) << c.Answer(replies.BAD_BODY, False)
+            >> e.ClientBdat(1, True) << c.ReadBody()
+            >> body(b"c") << c.BodyDone(replies.BAD_BODY))
 
 
 def test_an_upstream_that_rejects_a_middle_chunk_has_every_later_chunk_answered_with_it() -> None:

@@ -264,6 +264,16 @@ def test_a_message_streams_through_and_the_final_reply_is_relayed() -> None:
     assert transaction.accepted == ("a@a.example.net",) and transaction.upstream == "smtp://a.example.net"
 
 
+def test_a_final_reply_that_is_no_2xx_is_never_recorded_as_sent() -> None:
+    # A 3xx cannot end a message (RFC 5321 §4.2.1); relayed as it came, it is no delivery.
+    pb = Playbook()
+    in_body(pb)
+    assert (pb
+            >> body(b"x\r\n.\r\n") << c.SendBody(b"x\r\n.\r\n") << c.Send((), c.DATA_TIMEOUT)
+            >> reply(b"354 what?\r\n") << c.BodyDone(b"354 what?\r\n"))
+    assert [(r.status, r.code) for r in pb.records] == [("deferred", 354), ("deferred", 354)]
+
+
 def test_commands_pipelined_behind_the_dot_go_back_to_the_client_protocol() -> None:
     pb = Playbook()
     in_body(pb)

@@ -85,6 +85,25 @@ def test_after_the_last_chunk_a_data_transaction_may_follow() -> None:
     assert type(event).__name__ == "Data"
 
 
+def test_after_the_upstream_is_lost_between_chunks_a_new_mail_starts_a_clean_transaction() -> None:
+    proto = in_transaction()
+    say(proto, b"BDAT 3\r\nabc")
+    proto.start_body()
+    proto.take_body_start()
+    proto.answer(replies.UPSTREAM_LOST, False)  # the relay: the upstream went away under the chunk
+    proto.void_transaction()
+    proto.take_output()
+    # The rest of the client's chunks are refused (and read), then MAIL needs no RSET ...
+    assert say(proto, b"BDAT 2 LAST\r\nde") == ([], replies.UPSTREAM_LOST)
+    assert say(proto, b"MAIL FROM:<a@b.example>\r\n") == ([], replies.SENDER_OK)
+    # ... and nothing of the BDAT transaction carries over: RCPT and DATA work again.
+    [event], _ = say(proto, b"RCPT TO:<c@d.example>\r\n")
+    assert type(event).__name__ == "Rcpt"
+    proto.answer(b"250 2.1.5 Ok\r\n", True)
+    [event], _ = say(proto, b"DATA\r\n")
+    assert type(event).__name__ == "Data"
+
+
 # --- content checks ------------------------------------------------------------------
 @pytest.mark.parametrize(("content", "violation"), [
     (b"ok\r\nfine\r\n", None), (b"bare\nlf\r\n", BAD_LINE_ENDING), (b"bare\rcr\r\n", BAD_LINE_ENDING),

@@ -36,9 +36,10 @@ class Chunking:
         if self._chunk is None:  # the first chunk of the transaction
             txn.chunking = True
             self._failure = None
+            self._lost = False
             self._chunk = ChunkScanner(self.max_size, self.strict_body)
             if link is None or link.closed or not self.upstream_open:
-                self._failure = replies.UPSTREAM_LOST
+                self._lose(replies.UPSTREAM_LOST)
             elif "CHUNKING" not in link.capabilities:
                 self._stuffer = DotStuffer()
                 self.state = S.CHUNK_DATA_SENT
@@ -65,14 +66,20 @@ class Chunking:
     def _on_chunk_go_ahead(self, event: e.UpstreamReplied) -> None:
         reply = event.reply
         if reply.code != 354:  # the client hears it for this chunk, and for every later one
+            self._stuffer = None  # no DATA body goes up
             if reply.code == 421:
                 self._drop(abort=True)
-            self._failure = demote_421(reply)
+                self._lose(demote_421(reply))
+            else:
+                # DATA refused, MAIL and RCPT still open upstream; the client's
+                # BDAT transaction has failed (RFC 3030 §4.2): reset the upstream's.
+                self._failure = reply.raw
+                self._reset_upstream()
         self._read_chunk()
 
     def _on_chunk_go_ahead_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._failure = event.error.reply
+        self._lose(event.error.reply)
         self._read_chunk()
 
     def _on_chunk_bytes(self, event: e.BodyReceived) -> None:
@@ -132,27 +139,27 @@ class Chunking:
                 self._drop(abort=True)
             self._finish(demote_421(reply), UPSTREAM, self._chunk.size if self._chunk else 0)
             return
+        raw = demote_421(reply)
         if reply.code == 421:
             self._drop(abort=True)
-        elif not reply.positive and not self._last and self.link is not None:
-            self._ignore += 1  # a refused middle chunk: the upstream's transaction is reset
-            self._out.append(c.Send((b"RSET\r\n",)))
-        raw = demote_421(reply)
-        if not reply.positive:
+            self._lose(raw)
+        elif not reply.positive:
             self._failure = raw  # and every later chunk hears the same (RFC 3030 §4.2)
+            if not self._last and self.link is not None:
+                self._reset_upstream()  # a refused middle chunk
         self._chunk_answer(raw, UPSTREAM, accepted=reply.positive)
 
     def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
-        self._failure = event.error.reply
-        self._chunk_answer(self._failure, WILLI)
+        self._lose(event.error.reply)
+        self._chunk_answer(event.error.reply, WILLI)
 
     def _on_early(self, event: e.Event) -> None:
         """The upstream answered before the chunk was all sent: keep it for then."""
         if isinstance(event, (e.UpstreamFailed, e.UpstreamLost)):
             self._drop(abort=True)
-            self._failure = event.error.reply
+            self._lose(event.error.reply)
         else:
             self._early = event
 
@@ -161,13 +168,24 @@ class Chunking:
                                   (("error", "upstream stopped reading the body"),)))
         self._drop(abort=True)
         if self._failure is None:
-            self._failure = replies.UPSTREAM_TIMEOUT
+            self._lose(replies.UPSTREAM_TIMEOUT)
+
+    def _lose(self, reply: bytes) -> None:
+        """The upstream is gone from under the BDAT transaction: this chunk and
+        any later one hear `reply`, and once this chunk is answered the
+        transaction is over (SPEC §2, as when DATA finds the upstream gone)."""
+        self._failure = reply
+        self._lost = True
 
     def _chunk_answer(self, reply: bytes, src: str, accepted: bool = False) -> None:
         """The reply to this chunk; LAST's is the message's final reply."""
         if self._last:
             self._size = self._chunk.size if self._chunk is not None else 0
             self._finish(reply, src, self._size)
+            return
+        if self._lost:
+            self._chunk = self._stuffer = None
+            self._end_lost(reply, src)  # later chunks are the client protocol's to refuse
             return
         self.state = S.IDLE
         self._out.append(c.Answer(reply, accepted))

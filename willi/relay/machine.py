@@ -55,7 +55,7 @@ class Relay(Chunking):
     __slots__ = ("session", "client", "max_size", "strict_body", "split_recipients", "state", "link",
                  "upstream_open", "txn", "count", "_rcpt", "_route", "_size", "_fresh", "_pipelined",
                  "_mail_refused", "_ignore", "_scanner", "_held", "_failure", "_chunk", "_stuffer",
-                 "_remaining", "_last", "_early", "_this", "_last_pending", "_out", "_now")
+                 "_remaining", "_last", "_early", "_this", "_last_pending", "_lost", "_out", "_now")
 
     def __init__(self, session: str, client: str, max_size: int, strict_body: bool = True,
                  split_recipients: bool = True) -> None:
@@ -86,6 +86,7 @@ class Relay(Chunking):
         self._early: e.Event | None = None  # the chunk's upstream reply, come before its last byte
         self._this = 0  # the size of the current chunk
         self._last_pending = False  # LAST went up as "BDAT n" + "BDAT 0 LAST": the first reply is in
+        self._lost = False  # the upstream went away under this BDAT transaction
         # Each handle() gets a list of its own; until the first, nothing to
         # append to (and no 56-byte list for every idle session).
         self._out: list[c.Command] | tuple[()] = ()
@@ -261,7 +262,7 @@ class Relay(Chunking):
     def _on_data(self, event: e.ClientData) -> None:
         link = self.link
         if link is None or link.closed or not self.upstream_open:
-            self._end_lost(replies.UPSTREAM_LOST, data=True)
+            self._end_lost(replies.UPSTREAM_LOST)
             return
         self.state = S.DATA_SENT
         self._out.append(c.Send((b"DATA\r\n",)))
@@ -277,7 +278,7 @@ class Relay(Chunking):
             return
         if reply.code == 421:
             self._drop(abort=True)
-            self._end_lost(demote_421(reply), data=True, src=UPSTREAM)
+            self._end_lost(demote_421(reply), UPSTREAM)
             return
         self.state = S.IDLE  # DATA refused: relayed, the transaction stays open
         assert self.txn is not None
@@ -287,7 +288,7 @@ class Relay(Chunking):
     def _on_data_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
         self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
-        self._end_lost(event.error.reply, data=True)
+        self._end_lost(event.error.reply)
 
     def _on_body(self, event: e.BodyReceived) -> None:
         scanner = self._scanner
@@ -399,8 +400,9 @@ class Relay(Chunking):
             self._end_transaction(None, src, aborted="upstream lost")
             self._out.append(c.EndClientTransaction())
 
-    def _end_lost(self, reply: bytes, data: bool, src: str = WILLI) -> None:
-        """DATA found the upstream gone: the 4xx to DATA is the message's final reply."""
+    def _end_lost(self, reply: bytes, src: str = WILLI) -> None:
+        """DATA (or a BDAT chunk) found the upstream gone: its 4xx is the
+        message's final reply, and the transaction is over."""
         txn, self.txn = self.txn, None
         self.state = S.IDLE
         self.upstream_open = False
@@ -424,9 +426,14 @@ class Relay(Chunking):
         if self._stuffer is not None:
             self._drop(abort=True)  # the upstream is inside a DATA body: an RSET would be message text
         elif self.upstream_open and self.link is not None and not self.link.closed:
-            self._ignore += 1
-            self._out.append(c.Send((b"RSET\r\n",)))
+            self._reset_upstream()
         self._end_transaction(None, WILLI, aborted="reset")
+
+    def _reset_upstream(self) -> None:
+        """RSET the upstream's transaction; its reply is nobody's to hear."""
+        self._ignore += 1
+        self.upstream_open = False
+        self._out.append(c.Send((b"RSET\r\n",)))
 
     def _on_starttls(self, event: e.ClientStartTLS) -> None:
         # The link's TLS policy was chosen for a plaintext client.

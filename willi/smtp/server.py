@@ -310,10 +310,9 @@ class ServerProtocol:
         problem = self._check_mail_params(params)
         if problem is not None:
             return self._error(problem)
+        self._reset_transaction()  # after a voided one, nothing of it (BDAT included) carries over
         self.mail = address
         self.mail_params = params
-        self.accepted = 0
-        self._void = False
         self.out += replies.SENDER_OK
         return None
 
