@@ -235,6 +235,44 @@ def test_a_link_whose_translated_data_was_refused_is_reused_without_a_transactio
     assert latest(upstream, "second@example.org").body == CONTENT
 
 
+def test_an_upstream_that_refuses_the_last_chunk_never_sees_last_so_no_truncated_message_is_queued(
+        module_launch):
+    refuse = b"452 4.3.1 Insufficient system storage\r\n"
+    seen: list[bytes] = []
+
+    def on_command(session, line):
+        if line.upper().startswith(b"BDAT"):
+            seen.append(line)
+            if len(seen) == 2:
+                return refuse
+        return None
+
+    upstream = module_launch.upstream(capabilities=[*DEFAULT_CAPABILITIES, "CHUNKING"], on_command=on_command)
+    willi = module_launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}"})
+    with open_session(willi) as client:
+        envelope(client, "u@example.org")
+        bdat(client, b"Hi\r\n")
+        assert client.read_reply().code == 250
+        bdat(client, b"Bye\r\n", last=True)
+        assert client.read_reply().raw == refuse
+        assert client.command("NOOP").code == 250  # the session goes on
+    assert seen[:2] == [b"BDAT 4", b"BDAT 5"] and not any(line.upper().endswith(b"LAST") for line in seen)
+    assert upstream.messages == []  # "Hi" alone was never made a message
+
+
+@pytest.mark.parametrize("kind", ["chunking", "plain"])
+def test_a_cr_ending_the_content_before_an_empty_last_chunk_is_a_bare_cr(willi, upstreams, kind):
+    rcpt = f"cr@{kind}.test"
+    before = len(upstreams[kind].messages)
+    with open_session(willi) as client:
+        envelope(client, rcpt)
+        bdat(client, b"hello\r")
+        assert client.read_reply().code == 250
+        bdat(client, b"", last=True)
+        assert client.read_reply().raw == replies.BAD_BODY
+    assert len(upstreams[kind].messages) == before
+
+
 def test_memory_stays_bounded_for_a_1_gb_chunk_announced_in_one_bdat(willi, upstreams):
     line = b"z" * 998 + b"\r\n"
     block = line * 1024  # 1 MiB

@@ -40,13 +40,13 @@ def test_chunks_stream_as_bdat_to_an_upstream_with_chunking_replies_in_order() -
 
 
 def test_the_last_chunks_reply_is_the_messages_and_is_recorded_as_chunking() -> None:
-    # LAST goes up only once the chunk's last byte is in: "BDAT n", then "BDAT 0 LAST".
+    # LAST goes up only once the upstream has taken the chunk: "BDAT n", its 250, then "BDAT 0 LAST".
     pb = Playbook()
     chunking(pb)
     assert (pb
             >> e.ClientBdat(4, True) << c.Send((b"BDAT 4\r\n",)) << c.ReadBody()
-            >> body(b"hi\r\n") << c.SendBody(b"hi\r\n") << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
-            >> reply(CHUNK_OK)
+            >> body(b"hi\r\n") << c.SendBody(b"hi\r\n")
+            >> reply(CHUNK_OK) << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
             >> reply(QUEUED) << c.BodyDone(QUEUED))
     txn = pb.records[-1]
     assert isinstance(txn, TransactionRecord) and (txn.status, txn.chunking, txn.size) == ("sent", True, 4)
@@ -223,13 +223,33 @@ def test_an_rset_between_translated_chunks_aborts_the_upstream_never_types_rset_
             >> e.ClientReset() << c.DropLink(abort=True, reusable=False))
 
 
-def test_a_refused_last_chunk_is_the_final_reply_and_the_bdat_0_last_reply_is_swallowed() -> None:
-    reject = b"554 5.6.0 Content refused\r\n"
-    pb = Playbook()
-    chunking(pb)
-    assert (pb
-            >> e.ClientBdat(2, True) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
-            >> body(b"ab") << c.SendBody(b"ab") << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
-            >> reply(reject) << c.BodyDone(reject)
-            >> reply(b"503 5.5.1 Error: no transaction\r\n"))
-    assert pb.records[-1].status == "bounced"
+def test_a_refused_last_chunk_is_the_final_reply_and_no_bdat_0_last_can_complete_the_rest() -> None:
+    # An upstream that refused the last chunk never sees LAST (RFC 3030 §4.2): the chunks it
+    # took before cannot become a truncated message. Its transaction is reset instead.
+    for reject in (b"554 5.6.0 Content refused\r\n", b"452 4.3.1 Out of space for now\r\n"):
+        pb = Playbook()
+        chunking(pb)
+        assert (pb
+                >> e.ClientBdat(2, False) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+                >> body(b"ab") << c.SendBody(b"ab")
+                >> reply(CHUNK_OK) << c.Answer(CHUNK_OK, True)
+                >> e.ClientBdat(2, True) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+                >> body(b"cd") << c.SendBody(b"cd")
+                >> reply(reject) << c.Send((b"RSET\r\n",)) << c.BodyDone(reject)
+                >> reply(b"250 2.0.0 Ok\r\n"))  # the RSET's: nobody's to hear
+        assert pb.records[-1].status == ("bounced" if reject[:1] == b"5" else "deferred")
+
+
+def test_an_empty_last_chunk_still_judges_the_cr_the_chunk_before_ended_in() -> None:
+    # "hello\r" then "BDAT 0 LAST": the CR is bare, so the message is refused, and neither a
+    # LAST nor a final dot goes up (towards an upstream without CHUNKING it would be "\r\r\n.\r\n").
+    for caps in (dict(CHUNKING), {"PIPELINING": ""}):
+        pb = Playbook()
+        bound(pb, link=FakeLink(A, capabilities=caps))
+        events = [e.ClientBdat(6, False), *([] if "CHUNKING" in caps else [reply(GO_AHEAD)]), body(b"hello\r"),
+                  *([reply(CHUNK_OK)] if "CHUNKING" in caps else []), e.ClientBdat(0, True)]
+        got = [cmd for event in events for cmd in pb.relay.handle(event, 1.0)]
+        sent = b"".join(bytes(cmd.data) for cmd in got if isinstance(cmd, c.SendBody))
+        lines = [line for cmd in got if isinstance(cmd, c.Send) for line in cmd.lines]
+        assert c.BodyDone(replies.BAD_BODY) in got and c.DropLink(abort=True, reusable=False) in got, caps
+        assert b"\r\n." not in sent and not any(line.endswith(b"LAST\r\n") for line in lines), (caps, sent, lines)

@@ -3,8 +3,9 @@ transitions (the table itself is in machine.py).
 
 Towards an upstream that offers CHUNKING each chunk goes up as a BDAT of its
 own, its reply relayed in order; LAST goes up only once the last chunk's
-bytes are in ("BDAT n", then "BDAT 0 LAST"), so an upstream never sees LAST
-for a chunk the client may still abandon. Towards one that does not, the
+bytes are in and taken ("BDAT n", its 2xx, then "BDAT 0 LAST"), so an
+upstream never sees LAST for a chunk the client may still abandon, nor after
+it refused the last chunk. Towards one that does not, the
 chunks become one DATA body on the fly (DotStuffer: dot-stuffed, a
 chunk-final CR held back, ended with CRLF.CRLF), each chunk but the last
 acknowledged by Willi. A refused chunk is still read and thrown away; after
@@ -49,10 +50,12 @@ class Chunking:
 
     def _read_chunk(self) -> None:
         """Take the chunk's bytes now (sending its BDAT line first to a CHUNKING upstream)."""
+        if self._last and not self._remaining and self._failure is None:
+            self._end_content()  # an empty LAST ends the content too
         if self._failure is None and self._stuffer is None:
-            # A LAST chunk goes up without LAST; "BDAT 0 LAST" follows once its
-            # last byte is in, so an upstream never sees LAST for a chunk the
-            # client may still abandon.
+            # A LAST chunk goes up without LAST; "BDAT 0 LAST" follows once the
+            # upstream has taken its bytes, so an upstream never sees LAST for a
+            # chunk the client may still abandon or that it refused itself.
             only_last = self._last and not self._remaining
             self._last_pending = False
             self._out.append(c.Send((b"BDAT %d%s\r\n" % (self._remaining, b" LAST" if only_last else b""),),
@@ -91,13 +94,11 @@ class Chunking:
         if self._failure is None:
             scanner.scan(buf, start, upto)
             if self._last and not self._remaining:
-                scanner.finish()
-            if scanner.violation is not None:
-                too_big = scanner.violation is TOO_BIG
-                self._failure = replies.MESSAGE_TOO_BIG if too_big else replies.BAD_BODY
-                self._out.append(c.Notice("body_refused", "info", (("kind", KINDS[scanner.violation.reason]),)))
-                self._drop(abort=True)  # never finish a refused message
-            elif self._stuffer is not None:
+                self._end_content()
+            elif scanner.violation is not None:
+                self._refuse_content()
+        if self._failure is None:  # not one byte of a refused message goes up
+            if self._stuffer is not None:
                 self._out.append(c.SendBody(self._stuffer.feed(memoryview(buf)[start:upto])))
             elif upto > start:
                 self._out.append(c.SendBody(memoryview(buf)[start:upto]))
@@ -105,6 +106,21 @@ class Chunking:
             self._out.append(c.FeedClient(memoryview(buf)[upto:stop]))  # the next command, pipelined
         if not self._remaining:
             self._chunk_read()
+
+    def _end_content(self) -> None:
+        """The LAST chunk's last byte is in: what the content ends with is
+        judged now (a CR the chunk before ended in)."""
+        assert self._chunk is not None
+        self._chunk.finish()
+        if self._chunk.violation is not None:
+            self._refuse_content()
+
+    def _refuse_content(self) -> None:
+        assert self._chunk is not None and self._chunk.violation is not None
+        violation = self._chunk.violation
+        self._failure = replies.MESSAGE_TOO_BIG if violation is TOO_BIG else replies.BAD_BODY
+        self._out.append(c.Notice("body_refused", "info", (("kind", KINDS[violation.reason]),)))
+        self._drop(abort=True)  # never finish a refused message
 
     def _chunk_read(self) -> None:
         """The chunk's last byte is in."""
@@ -121,22 +137,25 @@ class Chunking:
                 self._chunk_answer(replies.chunk_received(self._chunk.size), WILLI, accepted=True)
         else:
             self.state = S.CHUNK_SENT
-            if self._last and self._this and not self._last_pending:
-                self._last_pending = True  # the chunk's reply, then the message's
-                self._out.append(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
+            # The chunk's reply, then "BDAT 0 LAST" and the message's.
+            self._last_pending = self._last and self._this > 0
             early, self._early = self._early, None
             if isinstance(early, e.UpstreamReplied):
                 self._on_chunk_reply(early)
 
     def _on_chunk_reply(self, event: e.UpstreamReplied) -> None:
         reply = event.reply
-        if self._last_pending:  # the reply to the last chunk's bytes; "BDAT 0 LAST"'s follows
+        if self._last_pending:  # the reply to the last chunk's bytes
             self._last_pending = False
             if reply.positive:
+                self._out.append(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
                 return
-            self._ignore += 1  # its reply is not the client's to hear
+            # Refused: no more BDAT (RFC 3030 §4.2), so nothing can complete
+            # the chunks it took before; its transaction is reset.
             if reply.code == 421:
                 self._drop(abort=True)
+            elif self.link is not None:
+                self._reset_upstream()
             self._finish(demote_421(reply), UPSTREAM, self._chunk.size if self._chunk else 0)
             return
         raw = demote_421(reply)

@@ -85,7 +85,7 @@ class Relay(Chunking):
         self._last = False  # the current chunk is the LAST
         self._early: e.Event | None = None  # the chunk's upstream reply, come before its last byte
         self._this = 0  # the size of the current chunk
-        self._last_pending = False  # LAST went up as "BDAT n" + "BDAT 0 LAST": the first reply is in
+        self._last_pending = False  # the last chunk went up as "BDAT n": its reply, then "BDAT 0 LAST"
         self._lost = False  # the upstream went away under this BDAT transaction
         # Each handle() gets a list of its own; until the first, nothing to
         # append to (and no 56-byte list for every idle session).
