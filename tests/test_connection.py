@@ -67,11 +67,28 @@ def test_close_when_flushed_sends_everything_queued_first() -> None:
     cb.pause_reading()
     ca.write(b"x" * (HIGH_WATER * 4))
     ca.write(b"221 bye\r\n")
-    ca.close_when_flushed()
+    ca.close_when_flushed(linger=30)
     assert not ca.closed
     cb.resume_reading()
     run_until(reactor, lambda: bool(ob.lost))
     assert ob.data.endswith(b"221 bye\r\n") and len(ob.data) == HIGH_WATER * 4 + 9 and ca.closed
+    cb.close(), reactor.close()
+
+
+def test_a_peer_that_never_reads_its_last_reply_is_reset_after_the_linger_time() -> None:
+    reactor = Reactor()
+    ca, oa, cb, ob = pair(reactor)
+    cb.pause_reading()  # never reads again
+    ca.write(b"x" * (HIGH_WATER * 64))  # far more than the socket buffers hold
+    ca.write(b"421 4.4.2 Timeout\r\n")
+    fd = ca.sock.fileno()
+    ca.close_when_flushed(linger=0.05)
+    assert not ca.closed
+    run_until(reactor, lambda: ca.closed)  # the socket is not kept for a peer that does not read
+    assert ca.sock.fileno() == -1 and fd >= 0 and ca.out_size == 0
+    cb.resume_reading()
+    run_until(reactor, lambda: bool(ob.lost))  # the peer sees the end, without the rest
+    assert len(ob.data) < HIGH_WATER * 64
     cb.close(), reactor.close()
 
 

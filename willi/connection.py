@@ -56,7 +56,7 @@ class Connection:
     __slots__ = (
         "reactor", "sock", "owner", "_out", "_out_size", "_events", "closed",
         "_reading", "_write_paused", "_close_when_flushed", "tls", "_tls_done",
-        "_connect_done", "bytes_in", "bytes_out", "guardian", "at_eof", "__weakref__",
+        "_connect_done", "bytes_in", "bytes_out", "guardian", "at_eof", "_linger", "__weakref__",
     )
 
     def __init__(self, reactor: Reactor, sock: socket.socket, owner: Owner) -> None:
@@ -80,6 +80,7 @@ class Connection:
         self.bytes_out = 0
         self.guardian: Any = None  # who ends when a callback of this connection raises
         self.at_eof = False  # the peer half-closed: nothing more to read
+        self._linger: Any = None  # the timer that ends a close_when_flushed the peer does not read
 
     # --- opening ------------------------------------------------------------
     @classmethod
@@ -236,8 +237,10 @@ class Connection:
             self._write_paused = False
             self.owner.on_resume_writing(self)
 
-    def close_when_flushed(self) -> None:
-        """Close once everything queued has been sent (after 221 or 421).
+    def close_when_flushed(self, linger: float) -> None:
+        """Close once everything queued has been sent (after 221 or 421), or
+        after `linger` seconds, when the peer does not read it: a socket is
+        never kept for a peer that does not take its last reply.
 
         Over TLS the last thing sent is close_notify (RFC 8446 §6.1): without
         it the peer cannot tell the end of the session from a truncation, and
@@ -256,6 +259,12 @@ class Connection:
             return
         self._close_when_flushed = True
         self._update_interest()
+        if self._linger is None:
+            self._linger = self.reactor.call_later(linger, self._linger_over, owner=self)
+
+    def _linger_over(self) -> None:
+        self._linger = None
+        self.abort()  # what is still queued will not be read: RST, not a FIN after it
 
     # --- TLS ----------------------------------------------------------------
     def start_tls(self, engine: "TLSEngine", done: Callable[[BaseException | None], None]) -> None:
@@ -367,6 +376,9 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         if self._events:
             self.reactor.unregister(self.sock)
             self._events = 0

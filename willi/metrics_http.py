@@ -116,7 +116,7 @@ class _Scrape:
         reply = answer(bytes(self.head[:MAX_REQUEST_HEAD]), self.server.render) if end >= 0 else response(
             BAD_REQUEST, b"request head too long\n")
         self.conn.write(reply)
-        self.conn.close_when_flushed()
+        self.conn.close_when_flushed(self.server.timeout)
         if self.conn.closed:
             self.finish()  # all sent at once; else the deadline ends it
 

@@ -107,6 +107,7 @@ class Session:
 
     def on_resume_writing(self, conn: Connection) -> None:
         self.flow.resume(CLIENT_FULL)
+        self.pump()  # pipelined commands may wait for their replies to be read
 
     # --- the pump: protocol events in, relay commands out ------------------------
     def post(self, event: e.Event) -> None:
@@ -121,6 +122,7 @@ class Session:
             return
         self._pumping = True
         events, proto = self._events, self.proto
+        unanswered = False  # commands wait until the client reads the replies before them
         try:
             while not self.closed:
                 if events:
@@ -130,7 +132,12 @@ class Session:
                     break  # waiting for the relay, or reading a body: no command to take
                 event = proto.next_event()
                 if event is None:
-                    break
+                    if proto.output_full:
+                        self.client.write(proto.take_output())
+                        unanswered = bool(self.flow.paused & CLIENT_FULL)
+                        if not unanswered:
+                            continue  # the kernel took it: go on
+                    break  # every command answered, or the client is not reading its replies
                 CLIENT_EVENTS[type(event)](self, event)
         finally:
             self._pumping = False
@@ -141,7 +148,7 @@ class Session:
         if self.ctx.draining and self._idle():
             self.say_goodbye(replies.SHUTTING_DOWN)
         elif self.eof:
-            if proto.phase is COMMAND and self.relay.state is S.IDLE:
+            if proto.phase is COMMAND and self.relay.state is S.IDLE and not unanswered:
                 self.close("client lost", flush=True)  # everything it sent is answered
             elif self.relay.state in BODY_STATES:
                 self.close("client lost")  # the rest of the body or chunk will never come
@@ -290,7 +297,8 @@ class Session:
         link = self.up.link
         self.up.drop(c.DropLink(abort=link is not None and link.busy))
         if flush:
-            self.client.close_when_flushed()
+            # The last reply gets the client timeout to be read, as any reply does.
+            self.client.close_when_flushed(self.ctx.deadline_settings.client_timeout(self.ctx.stressed()))
         else:
             self.client.close()
         self.ctx.observer.session(SessionRecord(

@@ -29,6 +29,10 @@ from willi.smtp.address import Address, AddressError, parse_params, parse_path_a
 from willi.smtp.bdat import BadChunkSize, parse_bdat
 from willi.smtp.lines import LineBuffer, LineEvent
 
+# Replies queued at most before the next pipelined command waits for them to
+# be taken: 64 KiB of EHLO replies is about 400 commands ahead.
+OUT_LIMIT = 64 * 1024
+
 
 class Phase(enum.Enum):
     COMMAND = "command"  # reading commands
@@ -195,12 +199,23 @@ class ServerProtocol:
     def has_output(self) -> bool:
         return bool(self.out)
 
+    @property
+    def output_full(self) -> bool:
+        """Commands wait unanswered until the replies queued are taken."""
+        return len(self.out) >= OUT_LIMIT
+
     def reply(self, data: bytes) -> None:
         """Queue a reply the session produced outside any event (421 on shutdown)."""
         self.out += data
 
     def next_event(self) -> Event | None:
+        """The next event of the pipelined commands buffered, None when they
+        are all answered, or when OUT_LIMIT of replies wait to be taken (a
+        client that pipelines and never reads must not make them pile up)."""
+        out = self.out
         while self.phase is Phases.COMMAND:
+            if len(out) >= OUT_LIMIT:
+                return None
             line = self._lines.next_line()
             if line is None:
                 return None

@@ -28,6 +28,7 @@ from willi.targets import Target
 from willi.tls import TLSEngine
 
 Outcome = "Reply | UpstreamError"
+QUIT_LINGER = 10.0  # seconds an upstream gets to take the QUIT it is sent; then the link is reset
 ReplyCallback = Callable[[Any], None]
 
 
@@ -142,7 +143,7 @@ class UpstreamLink:
         if self.conn is not None and not self.conn.closed:
             self._waiting.clear()
             self.conn.write(b"QUIT\r\n")
-            self.conn.close_when_flushed()
+            self.conn.close_when_flushed(QUIT_LINGER)
 
     def abort(self) -> None:
         """Drop the connection at once (RST): a partial message must never be
