@@ -156,6 +156,15 @@ def _upstream_tls(config: Config, verify: bool) -> Any:
                               config.upstream_tls_key)
 
 
+def startable(config: Config, logger: Logger) -> None:
+    """Raise MappingError or TLSError when a worker could not start on
+    `config`: what _serve_one builds before it serves, built and let go."""
+    _router(config, logger).close()
+    if config.tls_cert and config.tls_key:
+        tls.server_context(config.tls_cert, config.tls_key)
+    _upstream_contexts(config)
+
+
 def _upstream_contexts(config: Config) -> dict[bool, Any]:
     return {True: _upstream_tls(config, True), False: _upstream_tls(config, False)}
 
@@ -225,9 +234,11 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
         if signum == signal.SIGHUP:
             notifier.reloading()  # each worker reloads itself and logs how it went
             try:
-                latest = keep_restart_fields(config, load())
-            except ConfigError:
-                pass  # the workers say why
+                candidate = keep_restart_fields(config, load())
+                startable(candidate, logger)
+                latest = candidate
+            except (ConfigError, MappingError, TLSError):
+                pass  # each worker keeps its own and says why; one restarted later starts on the last good one
         elif not stopping:
             notifier.stopping()
         stopping = stopping or signum != signal.SIGHUP

@@ -6,6 +6,7 @@ import signal
 
 from tests.integration.test_relay import deliver, open_session
 from tests.support.net import wait_until
+from tests.support.willi_process import write_env_file
 
 
 def test_two_workers_deliver_reload_together_and_stop_together(launch, tmp_path):
@@ -35,3 +36,28 @@ def test_two_workers_deliver_reload_together_and_stop_together(launch, tmp_path)
 
     assert willi.stop() == 0
     assert all(not os.path.exists(f"/proc/{pid}") for pid in workers)
+
+
+def test_a_worker_restarted_after_a_failed_reload_starts_on_the_last_good_configuration(launch, tmp_path):
+    upstream = launch.upstream()
+    routes = tmp_path / "routes.csv"
+    routes.write_text(f"pattern;server\nexample.org;{upstream.address}\n")
+    willi = launch.willi({"WILLI_MAPPING_1": f"csv:{routes}", "WILLI_WORKERS": "2"})
+    wait_until(lambda: len(willi.children()) == 2, 5.0, message="two worker processes")
+    # A reload with a mapping that cannot be opened: both workers keep theirs and say so.
+    write_env_file(willi.env_file, {**willi.env, "WILLI_MAPPING_1": f"csv:{tmp_path}/missing.csv"})
+    willi.signal(signal.SIGHUP)
+    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "reload_failed") == 2, 5.0,
+               message="both workers to refuse the reload")
+    # A worker dies (the OOM killer, say): the one started in its place serves, the others go on.
+    victim = willi.children()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(willi.children()) == 2 and victim not in willi.children(), 10.0,
+               message="the worker restarted")
+    assert willi.process.poll() is None
+    for i in range(6):  # over both workers, the new one included
+        with open_session(willi) as client:
+            assert deliver(client, f"after{i}@example.org").code == 250
+    assert len(upstream.wait_for_messages(6)) == 6
+    assert not [r for r in willi.log_lines() if r.get("event") == "worker_failed"]
+    assert willi.stop() == 0
