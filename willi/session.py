@@ -25,6 +25,7 @@ from willi.records import RecipientRecord, SessionRecord
 from willi.relay import Relay, S
 from willi.session_upstream import UPSTREAM_EXECUTE, UpstreamSide
 from willi.smtp import server as smtp
+from willi.smtp.server import OUT_LIMIT
 from willi.tls import TLSEngine
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class Session:
                     break  # waiting for the relay, or reading a body: no command to take
                 event = proto.next_event()
                 if event is None:
-                    if proto.output_full:
+                    if len(proto.out) >= OUT_LIMIT:  # proto.output_full, without a call per turn
                         self.client.write(proto.take_output())
                         unanswered = bool(self.flow.paused & CLIENT_FULL)
                         if not unanswered:

@@ -212,10 +212,7 @@ class ServerProtocol:
         """The next event of the pipelined commands buffered, None when they
         are all answered, or when OUT_LIMIT of replies wait to be taken (a
         client that pipelines and never reads must not make them pile up)."""
-        out = self.out
         while self.phase is Phases.COMMAND:
-            if len(out) >= OUT_LIMIT:
-                return None
             line = self._lines.next_line()
             if line is None:
                 return None
@@ -227,6 +224,8 @@ class ServerProtocol:
                 event = self._error(replies.BARE_LF_COMMAND)
             if event is not None:
                 return event
+            if len(self.out) >= OUT_LIMIT:
+                return None  # answered this far ahead of the client: the rest waits
         return None
 
     # --- answers from the session ---------------------------------------------
