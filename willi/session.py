@@ -133,7 +133,7 @@ class Session:
                     break  # waiting for the relay, or reading a body: no command to take
                 event = proto.next_event()
                 if event is None:
-                    if len(proto.out) >= OUT_LIMIT:  # proto.output_full, without a call per turn
+                    if len(proto.out) >= OUT_LIMIT:  # commands wait until these replies are taken
                         self.client.write(proto.take_output())
                         unanswered = bool(self.flow.paused & CLIENT_FULL)
                         if not unanswered:

@@ -199,11 +199,6 @@ class ServerProtocol:
     def has_output(self) -> bool:
         return bool(self.out)
 
-    @property
-    def output_full(self) -> bool:
-        """Commands wait unanswered until the replies queued are taken."""
-        return len(self.out) >= OUT_LIMIT
-
     def reply(self, data: bytes) -> None:
         """Queue a reply the session produced outside any event (421 on shutdown)."""
         self.out += data
