@@ -99,6 +99,14 @@ def test_durations_must_be_positive_and_in_s_m_h(text: str) -> None:
         parse_duration(text)
 
 
+@pytest.mark.parametrize("text", ["8761h", "9" * 400, "31536001"])
+def test_a_duration_of_more_than_a_year_is_refused(text: str) -> None:
+    # "9" * 400 seconds is a float of inf; no select() could wait for it.
+    with pytest.raises(ValueError, match="at most a year"):
+        parse_duration(text)
+    assert parse_duration("8760h") == 365 * 24 * 3600.0
+
+
 @pytest.mark.parametrize("text", ["on", "ON", "true", "True", "yes", "1"])
 def test_booleans_accept_the_usual_yes_words(text: str) -> None:
     assert parse_bool(text) is True
@@ -352,6 +360,11 @@ def test_a_mistyped_password_key_does_not_show_the_password(no_willi_env: Path) 
 def test_a_bad_mysql_uri_is_shown_without_its_password() -> None:
     error = refused(WILLI_MAPPING_1="mysql://willi:s3cret@/no-host")
     assert "s3cret" not in str(error) and "mysql://willi:***@/no-host" in str(error)
+
+
+def test_a_mysql_uri_without_host_names_its_unix_socket() -> None:
+    uri = "mysql://willi:pw@/mail?unix_socket=/run/mysqld/mysqld.sock"
+    assert [spec.uri for spec in load(WILLI_MAPPING_1=uri).mappings] == [uri]
 
 
 def test_masking_hides_passwords_and_nothing_else() -> None:

@@ -196,3 +196,24 @@ def test_when_the_owners_fatal_path_fails_too_both_are_reported() -> None:
     run_until(reactor, lambda: bool(reported))
     reactor.close()
     assert str(reported[0]) == "fatal broke" and str(reported[0].__context__) == "first"
+
+
+def test_a_timer_further_away_than_epoll_can_wait_is_waited_for_in_steps() -> None:
+    # epoll takes at most 2**31 ms; WILLI_CLIENT_TIMEOUT=720h must not end the loop.
+    reactor = Reactor()
+    fired: list[str] = []
+    far = reactor.call_later(30 * 24 * 3600.0, fired.append, "far")
+
+    def woken() -> None:
+        fired.append("woken")
+        reactor.stop()
+
+    waker = threading.Timer(0.05, reactor.call_soon_threadsafe, (woken,))
+    waker.start()
+    try:
+        reactor.run()  # waits (no OverflowError from select), is woken by the other thread, returns
+    finally:
+        waker.join()
+        far.cancel()
+        reactor.close()
+    assert fired == ["woken"]

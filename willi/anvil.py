@@ -30,6 +30,8 @@ IPV6_PREFIX_LENGTH = 84
 
 def client_key(ip: str, ipv6_prefix: int = IPV6_PREFIX_LENGTH) -> str:
     """What one client is: its IPv4 address, or its IPv6 network of `ipv6_prefix`."""
+    if ":" not in ip:
+        return ip  # IPv4 (or not an address): no parse for the common case
     try:
         address = ipaddress.ip_address(ip)
     except ValueError:

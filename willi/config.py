@@ -117,12 +117,18 @@ def parse_size(text: str) -> int:
     return int(match[1]) * _SIZE_UNITS[unit]
 
 
+MAX_DURATION = 365 * 24 * 3600.0  # a year: longer is a typo, and "9" * 400 seconds is infinite
+
+
 def parse_duration(text: str) -> float:
-    """Seconds, or a number with an s/m/h suffix; floats allowed, > 0."""
+    """Seconds, or a number with an s/m/h suffix; floats allowed, > 0, at most a year."""
     match = _DURATION_RE.fullmatch(text.strip())
     if not match or float(match[1]) <= 0:
         raise _Invalid("a duration > 0 in seconds, or with s/m/h")
-    return float(match[1]) * _DURATION_UNITS[match[2].lower()]
+    seconds = float(match[1]) * _DURATION_UNITS[match[2].lower()]
+    if not seconds <= MAX_DURATION:
+        raise _Invalid("a duration of at most a year (8760h)")
+    return seconds
 
 
 def parse_duration_or_off(text: str) -> float:
@@ -505,7 +511,8 @@ def _mapping(index: int, keys: Mapping[str, tuple[str, str]]) -> MappingSpec:
 
 def _mapping_scheme(uri: str) -> str:
     """Check a mapping URI and return its scheme: csv, static, sqlite or mysql."""
-    expected = "csv:PATH, static:SERVER, sqlite:PATH or mysql://USER:PASSWORD@HOST[:PORT]/DB"
+    expected = ("csv:PATH, static:SERVER, sqlite:PATH or mysql://USER:PASSWORD@HOST[:PORT]/DB"
+                " (or @/DB?unix_socket=PATH)")
     scheme, _, rest = uri.partition(":")
     if scheme in ("csv", "static", "sqlite") and rest.strip() and not rest.startswith("//"):
         return scheme
@@ -515,7 +522,8 @@ def _mapping_scheme(uri: str) -> str:
             parts.port  # raises ValueError for a bad port
         except ValueError:
             raise _Invalid(expected) from None
-        if parts.hostname and parts.path.strip("/"):
+        # A host, or none with ?unix_socket=PATH (routing/mysql.py checks the rest).
+        if (parts.hostname or "unix_socket=" in parts.query) and parts.path.strip("/"):
             return scheme
     raise _Invalid(expected)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from willi import replies
-from willi.anvil import ConnectionRate
+from willi.anvil import ConnectionRate, client_key
 from willi.errors import WilliError
 from willi.portowner import describe_owner
 from willi.proxy_protocol import V2_MAX_LENGTH, ProxyHeader, ProxyHeaderError, ProxyHeaderParser
@@ -220,21 +220,24 @@ class Front:
         if counted and ip not in self.rate_exceptions and not self.rate.connect(ip, self.reactor.time()):
             self.refuse(sock, ip, "rate_limit", replies.CONNECTION_RATE_EXCEEDED, balancer)
             return
-        if self.per_ip.get(ip, 0) >= self.max_per_ip:
+        # One client is an IPv4 address or an IPv6 /84 (Postfix's smtpd_client_ipv6_prefix_length):
+        # a host that takes a new IPv6 address per connection is still one client.
+        client = client_key(ip)
+        if self.per_ip.get(client, 0) >= self.max_per_ip:
             self.refuse(sock, ip, "per_ip_limit", replies.TOO_MANY_CONNECTIONS, balancer)
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.per_ip[client] = self.per_ip.get(client, 0) + 1
         try:
             session = self.new_session(sock, peer)
         except Exception:
-            self._release(ip)  # it never started: its per-IP slot is free again (the guard reports it)
+            self._release(client)  # it never started: its per-IP slot is free again (the guard reports it)
             raise
         if session.closed:  # closed during its own greeting
-            self._release(ip)
+            self._release(client)
         else:
-            self.sessions[session] = ip
+            self.sessions[session] = client
 
     def refuse(self, sock: socket.socket, ip: str, reason: str, reply: bytes | None,
                balancer: str | None = None, **fields: object) -> None:

@@ -37,6 +37,7 @@ from typing import Any, Callable, Protocol
 RECV_BUFFER_SIZE = 256 * 1024
 TLS_PLAIN_BUFFER_SIZE = 64 * 1024
 COMPACT_AFTER = 256
+MAX_WAIT = 3600.0  # seconds one select() may wait, whatever the next timer
 
 READ = selectors.EVENT_READ
 WRITE = selectors.EVENT_WRITE
@@ -244,7 +245,8 @@ class Reactor:
             self._cancelled -= 1
         if not timers:
             return None
-        return max(0.0, timers[0].when - self.time())
+        # epoll takes at most 2**31 ms (24.8 days): a longer timer is waited for in steps.
+        return min(max(0.0, timers[0].when - self.time()), MAX_WAIT)
 
     def _run_timers(self) -> None:
         timers = self._timers

@@ -111,3 +111,43 @@ def test_a_session_that_fails_to_start_frees_its_per_ip_slot(running) -> None:
     # refuse the third with 421 too many connections.
     assert [first_bytes(port) for _ in range(3)] == [b"", b"", b""]
     assert len(failing.peers) == 3 and observer.records == []
+
+
+class KeptOpen(Created):
+    """Sessions that stay open (each one a session object of its own)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.socks: list[socket.socket] = []
+
+    def __call__(self, sock: socket.socket, peer: tuple[str, int]) -> Any:
+        self.peers.append(peer)
+        self.socks.append(sock)
+        sock.send(b"220 stand-in\r\n")
+        return type("Open", (), {"closed": False})()
+
+
+def test_the_per_ip_limit_counts_an_ipv6_client_by_its_slash_84_as_the_rate_does(running) -> None:
+    kept = KeptOpen()
+    port, _, observer = running(new_session=kept, max_per_ip=2, rate=ConnectionRate(0),
+                                proxy_from=(ipaddress.ip_network("127.0.0.1/32"),))
+
+    def greeting(client: str) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(encode_v2((client, 4000), ("127.0.0.1", port)))
+        got = sock.recv(100)
+        opened.append(sock)
+        return got[:3]
+
+    opened: list[socket.socket] = []
+    try:
+        # A host that takes a new address of its /64 (so of its /84) for every connection:
+        same = [greeting(f"2001:db8:1:2::{n}") for n in range(1, 4)]
+        other = greeting("2001:db8:1:3::1")  # another /84 is another client
+    finally:
+        for sock in opened + kept.socks:
+            sock.close()
+    assert same == [b"220", b"220", b"421"] and other == b"220"
+    wait_until(lambda: observer.records, 5, 0.01, "the event")
+    assert observer.records == [("connection_refused", {"client": "2001:db8:1:2::3", "reason": "per_ip_limit",
+                                                        "balancer": "127.0.0.1"})]
