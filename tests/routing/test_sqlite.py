@@ -134,6 +134,21 @@ def test_while_the_file_is_gone_a_known_route_is_served_stale(tmp_path: Path) ->
         mapping.get("example.org")  # too old even to be served stale
 
 
+def test_a_sighup_while_the_database_is_gone_keeps_serving_known_routes_stale(tmp_path: Path) -> None:
+    # A certificate renewal hook sends SIGHUP during an outage: known recipients must not become 451s.
+    clock, logger = FakeClock(), ListLogger()
+    path = make_db(tmp_path / "routes.db")
+    mapping = open_db(path, clock, logger, cache_ttl=60.0, stale_ttl=3600.0)
+    assert mapping.get("example.org") == Route("mx1.example.net:25")
+    mapping.close()
+    path.unlink()
+    mapping.reload()  # every answer is asked for again ...
+    assert mapping.peek("example.org") is NOT_CACHED
+    # ... and, the database being gone, the one it had is served stale.
+    assert mapping.get("example.org") == Route("mx1.example.net:25") and mapping.served_stale()
+    assert logger.events() == ["mapping_stale_answer"]
+
+
 def test_the_router_reports_each_lookup_as_hit_miss_stale_or_error(tmp_path: Path) -> None:
     clock = FakeClock()
     path = make_db(tmp_path / "routes.db")

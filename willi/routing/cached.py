@@ -89,6 +89,7 @@ class RouteCache:
         self._max_entries = max_entries
         self._entries: OrderedDict[str, tuple[Answer, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._expired = -float("inf")  # an answer fetched before this is no longer fresh (SIGHUP)
 
     def fresh(self, key: str, now: float) -> Answer | NotCached:
         """The answer while within its TTL (cache_ttl for a route, miss_ttl for no match)."""
@@ -98,7 +99,7 @@ class RouteCache:
             return NOT_CACHED
         answer, fetched = entry
         ttl = self._cache_ttl if answer is not None else self._miss_ttl
-        return answer if now - fetched < ttl else NOT_CACHED
+        return answer if now - fetched < ttl and fetched > self._expired else NOT_CACHED
 
     def stale(self, key: str, now: float) -> tuple[Route, float] | None:
         """A route younger than stale_ttl, and its age. Misses are never served
@@ -124,9 +125,11 @@ class RouteCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
-    def clear(self) -> None:
+    def expire(self, now: float) -> None:
+        """Every answer so far is asked for again, but still served stale
+        while the database fails (within stale_ttl of when it was fetched)."""
         with self._lock:
-            self._entries.clear()
+            self._expired = now
 
     def __len__(self) -> int:
         with self._lock:
@@ -196,8 +199,10 @@ class CachedMapping:
             raise MappingError(f"{self.name}: {failure.reason}") from None
 
     def reload(self) -> None:
-        """SIGHUP: forget every cached answer, so changed rows show at once."""
-        self._cache.clear()
+        """SIGHUP: ask again for every cached answer, so changed rows show at
+        once; a database that is down meanwhile still has them served stale
+        (a routine SIGHUP during an outage must not turn them into 451s)."""
+        self._cache.expire(self._clock())
 
     def close(self) -> None:
         """Nothing held here; subclasses close their connections."""
