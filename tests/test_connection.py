@@ -124,3 +124,20 @@ def test_a_failed_connect_is_reported_to_its_callback() -> None:
     run_until(reactor, lambda: bool(outcome))
     assert isinstance(outcome[0], OSError) and conn.closed
     reactor.close()
+
+
+def test_a_peer_that_goes_away_during_the_handshake_fails_it_at_once(pki) -> None:
+    for how in ("close", "reset"):
+        reactor = Reactor()
+        ca, oa, cb, ob = pair(reactor)
+        done: list[BaseException | None] = []
+        ca.start_tls(TLSEngine(client_context(True, str(pki.ca_cert), None, None), False, "localhost"),
+                     done.append)  # the ClientHello goes out; no answer will come
+        if how == "reset":
+            cb.abort()
+        else:
+            cb.close()
+        run_until(reactor, lambda: bool(done) and bool(oa.lost), timeout=2)  # not the handshake's timeout
+        assert len(done) == 1 and "during the TLS handshake" in str(done[0]), how
+        assert ca.closed and len(oa.lost) == 1, how
+        reactor.close()

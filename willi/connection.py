@@ -348,7 +348,7 @@ class Connection:
     def _eof(self) -> None:
         """The peer will send nothing more; it may still read (half-close)."""
         on_eof = getattr(self.owner, "on_eof", None)
-        if on_eof is None:
+        if on_eof is None or self._tls_done is not None:  # a handshake cannot finish without the peer
             self._lost(None)
             return
         self.at_eof = True
@@ -370,6 +370,10 @@ class Connection:
         if self.closed:
             return
         self.close()
+        if self._tls_done is not None:
+            # Whoever waits for the handshake hears it failed now, not at its timeout
+            # (a dial goes on to the next target at once).
+            self._finish_handshake(TLSError(f"connection lost during the TLS handshake: {exc or 'closed'}"))
         self.owner.on_lost(self, exc)
 
     def close(self) -> None:
