@@ -128,9 +128,7 @@ class Reloader:
             self._retire(self._ctx.router, old.lookup_timeout)
         self._ctx.apply(new, router, server_tls)
         self._upstream_tls.update(upstream_tls)
-        dialer = self._ctx.dialer
-        dialer.settings = self._dial_settings(new)
-        dialer.health.retry_after = new.upstream_retry_after
+        self._ctx.dialer.reconfigure(self._dial_settings(new))
         self._front.max_connections = new.max_connections
         self._front.max_per_ip = new.max_connections_per_ip
         self.config = new

@@ -76,6 +76,17 @@ class Dialer:
         self.resolver = Resolver(reactor, workers)
         self.pool = LinkPool(reactor, settings.pool_idle)
         self.tls_sessions = SessionCache()
+        self.generation = 0  # bumped by reconfigure(): links of an older one are never parked again
+
+    def reconfigure(self, settings: DialSettings) -> None:
+        """SIGHUP: new settings (and TLS contexts) for every link from now on.
+        A parked link was opened under the old ones (no XCLIENT where it is
+        now required, another CA...): it is QUIT, and a link in use now is
+        QUIT when its session lets it go instead of being parked."""
+        self.settings = settings
+        self.health.retry_after = settings.retry_after
+        self.generation += 1
+        self.pool.close()
 
     @property
     def credentials(self) -> Hashable:
@@ -116,7 +127,7 @@ class Dialer:
     def release(self, link: UpstreamLink, client_tls: bool) -> None:
         """A session is done with a link outside a transaction: park it, or QUIT it."""
         link.detach()
-        if not self.pool.park(link, client_tls):
+        if link.generation != self.generation or not self.pool.park(link, client_tls):
             link.quit()
 
     def resolve(self, target: Target, done: Resolved) -> None:
@@ -208,6 +219,7 @@ class DialAttempt:
         family, sockaddr = self._addresses.pop(0)
         assert self._target is not None
         link = UpstreamLink(self.dialer.reactor, self.route, self._target)
+        link.generation = self.dialer.generation
         self._link = link
         try:
             link.conn = Connection.connect(self.dialer.reactor, family, sockaddr, link, self._connected)

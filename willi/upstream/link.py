@@ -51,7 +51,7 @@ class UpstreamLink:
     __slots__ = (
         "reactor", "route", "target", "name", "conn", "_reader", "_waiting", "_timer", "_deadline",
         "capabilities", "tls", "tls_verified", "tls_resumed", "_engine", "xclient", "proxied", "credentials", "reused",
-        "owner", "__weakref__",
+        "owner", "generation", "__weakref__",
     )
 
     def __init__(self, reactor: Reactor, route: Route, target: Target) -> None:
@@ -74,6 +74,7 @@ class UpstreamLink:
         self.credentials: object = None  # what AUTH logged in with (compared, never shown)
         self.reused = False  # taken from the pool: it may have died while parked
         self.owner: LinkOwner | None = None
+        self.generation = 0  # the Dialer's configuration it was opened under (Dialer.reconfigure)
 
     @property
     def lmtp(self) -> bool:
