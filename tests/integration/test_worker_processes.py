@@ -43,11 +43,13 @@ def test_a_worker_restarted_after_a_failed_reload_starts_on_the_last_good_config
     routes = tmp_path / "routes.csv"
     routes.write_text(f"pattern;server\nexample.org;{upstream.address}\n")
     willi = launch.willi({"WILLI_MAPPING_1": f"csv:{routes}", "WILLI_WORKERS": "2"})
-    wait_until(lambda: len(willi.children()) == 2, 5.0, message="two worker processes")
+    # Both workers serve (their SIGHUP handler is in place once they say `listening`).
+    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "listening") == 2, 10.0,
+               message="two workers listening")
     # A reload with a mapping that cannot be opened: both workers keep theirs and say so.
     write_env_file(willi.env_file, {**willi.env, "WILLI_MAPPING_1": f"csv:{tmp_path}/missing.csv"})
     willi.signal(signal.SIGHUP)
-    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "reload_failed") == 2, 5.0,
+    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "reload_failed") == 2, 10.0,
                message="both workers to refuse the reload")
     # A worker dies (the OOM killer, say): the one started in its place serves, the others go on.
     victim = willi.children()[0]
