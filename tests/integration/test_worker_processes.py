@@ -14,8 +14,10 @@ def test_two_workers_deliver_reload_together_and_stop_together(launch, tmp_path)
     routes = tmp_path / "routes.csv"
     routes.write_text(f"pattern;server\nexample.org;{old.address}\n")
     willi = launch.willi({"WILLI_MAPPING_1": f"csv:{routes}", "WILLI_WORKERS": "2"})
-    wait_until(lambda: len(willi.children()) == 2, 5.0, message="two worker processes")
+    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "listening") == 2, 10.0,
+               message="two workers listening")
     workers = willi.children()
+    assert len(workers) == 2
 
     for i in range(6):  # several connections: the kernel spreads them over both workers
         with open_session(willi) as client:
