@@ -240,6 +240,20 @@ def test_a_refused_last_chunk_is_the_final_reply_and_no_bdat_0_last_can_complete
         assert pb.records[-1].status == ("bounced" if reject[:1] == b"5" else "deferred")
 
 
+def test_a_refused_bdat_0_last_resets_the_upstream_so_the_next_transaction_starts_clean() -> None:
+    refused = b"550 5.7.1 Message refused\r\n"
+    pb = Playbook()
+    chunking(pb)
+    assert (pb
+            >> e.ClientBdat(2, True) << c.Send((b"BDAT 2\r\n",)) << c.ReadBody()
+            >> body(b"ab") << c.SendBody(b"ab")
+            >> reply(CHUNK_OK) << c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT)
+            >> reply(refused) << c.Send((b"RSET\r\n",)) << c.BodyDone(refused)
+            >> reply(b"250 2.0.0 Ok\r\n")  # the RSET's: nobody's to hear
+            >> rcpt("b@a.example.net") << c.LookUp(addr("b@a.example.net"))
+            >> e.RouteAnswered(A) << c.Send((MAIL, rcpt_line("b@a.example.net"))))
+
+
 def test_an_empty_last_chunk_still_judges_the_cr_the_chunk_before_ended_in() -> None:
     # "hello\r" then "BDAT 0 LAST": the CR is bare, so the message is refused, and neither a
     # LAST nor a final dot goes up (towards an upstream without CHUNKING it would be "\r\r\n.\r\n").

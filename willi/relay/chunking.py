@@ -164,8 +164,8 @@ class Chunking:
             self._lose(raw)
         elif not reply.positive:
             self._failure = raw  # and every later chunk hears the same (RFC 3030 §4.2)
-            if not self._last and self.link is not None:
-                self._reset_upstream()  # a refused middle chunk
+            if self.link is not None:
+                self._reset_upstream()  # its transaction's state is unknown now (RFC 3030 §4.2): reset it
         self._chunk_answer(raw, UPSTREAM, accepted=reply.positive)
 
     def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
