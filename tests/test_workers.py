@@ -47,3 +47,28 @@ def test_a_full_queue_refuses_new_jobs_at_once() -> None:
     release.set()
     pool.close()
     reactor.close()
+
+
+def test_a_fault_in_a_result_callback_ends_the_owner_that_submitted_the_job() -> None:
+    # A session's lookup answered by a worker: if handling the answer raises, that
+    # session ends (its fatal), it is not left waiting for ever with the fault only logged.
+    reactor = Reactor()
+    pool = WorkerPool(reactor, threads=1)
+    ended: list[BaseException] = []
+
+    class Session:
+        def fatal(self, exc: BaseException) -> None:
+            ended.append(exc)
+
+        def submit(self) -> None:
+            pool.submit(lambda: "route", (), self.answered)
+
+        def answered(self, result: object, exc: BaseException | None) -> None:
+            raise RuntimeError(f"cannot handle {result}")
+
+    session = Session()
+    reactor.call_soon(session.submit, owner=session)  # submitted from the session's own callback
+    run_until(reactor, lambda: bool(ended))
+    pool.close()
+    reactor.close()
+    assert [str(exc) for exc in ended] == ["cannot handle route"]

@@ -155,10 +155,17 @@ class Reactor:
             heapq.heapify(self._timers)
             self._cancelled = 0
 
-    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
-        """From any thread: run callback on the reactor thread soon."""
-        self._threadsafe.append((callback, args, None))  # deque.append is atomic
+    def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any, owner: Any = None) -> None:
+        """From any thread: run callback on the reactor thread soon; a fault
+        in it ends `owner` (None: it is only reported)."""
+        self._threadsafe.append((callback, args, owner))  # deque.append is atomic
         self._wake()
+
+    @property
+    def owner(self) -> Any:
+        """Whose callback is running now (None outside any): work handed to
+        another thread and back belongs to it."""
+        return self._owner
 
     def _wake(self) -> None:
         try:

@@ -44,9 +44,10 @@ class WorkerPool:
         return self._jobs.qsize()
 
     def submit(self, fn: Callable[..., Any], args: tuple, callback: Callback) -> None:
-        """Run fn(*args) in a thread; callback(result, exc) runs on the reactor."""
+        """Run fn(*args) in a thread; callback(result, exc) runs on the reactor,
+        owned by whoever submitted it (a fault in it ends that session)."""
         try:
-            self._jobs.put_nowait((fn, args, callback))
+            self._jobs.put_nowait((fn, args, callback, self._reactor.owner))
         except queue.Full:
             raise PoolFull("worker queue full") from None
 
@@ -55,12 +56,12 @@ class WorkerPool:
             job = self._jobs.get()
             if job is _STOP:
                 return
-            fn, args, callback = job
+            fn, args, callback, owner = job
             try:
                 result, exc = fn(*args), None
             except Exception as error:  # handed to the reactor thread
                 result, exc = None, error
-            self._reactor.call_soon_threadsafe(callback, result, exc)
+            self._reactor.call_soon_threadsafe(callback, result, exc, owner=owner)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the threads; a thread stuck in a blocking call is left behind
