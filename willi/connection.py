@@ -310,7 +310,9 @@ class Connection:
         engine = self.tls
         assert engine is not None
         view = self.reactor.tls_view
-        while not self.closed and self.tls is engine:
+        # Paused, the owner takes no more: decrypted records wait in the engine
+        # (resume_reading delivers them), as bytes wait in the kernel without TLS.
+        while not self.closed and self.tls is engine and self._reading:
             try:
                 n = engine.read_into(view)
             except TLSError as exc:
