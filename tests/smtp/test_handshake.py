@@ -395,6 +395,25 @@ def test_values_longer_than_255_octets_after_encoding_are_cut() -> None:
     [line] = xclient_commands({"HELO"}, ClientInfo("192.0.2.7", 1, "+" * 300), None)
     value = xclient_pairs([line])["HELO"]
     assert value == b"+2B" * 85 and len(value) == 255
+    [line] = xclient_commands({"HELO"}, ClientInfo("192.0.2.7", 1, "ab+" * 100), None)
+    assert xclient_pairs([line])["HELO"] == b"ab+2B" * 51  # whole octets: 255 exactly, no half escape
+
+
+def test_cutting_a_line_long_helo_name_of_escapes_is_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # EHLO with 4 KB of undecodable octets (12 KB of U+FFFD, 36 KB as xtext): cut by one
+    # octet at a time and re-encoded each time, it held the reactor for seconds.
+    name = (b"\x80" * 4089).decode("utf-8", "replace")
+    counted = []
+    real_encode = xtext.encode
+
+    def encode(value: bytes) -> bytes:
+        counted.append(len(value))
+        return real_encode(value)
+
+    monkeypatch.setattr(xtext, "encode", encode)  # counts the octets encoded
+    [line] = xclient_commands({"HELO"}, ClientInfo("192.0.2.7", 1, name), None)
+    assert xclient_pairs([line])["HELO"] == b"+EF+BF+BD" * 28 + b"+EF"  # 85 whole octets as xtext: 255
+    assert sum(counted) < 2 * len(name.encode())  # linear in the name, not quadratic
 
 
 @settings(database=None, max_examples=200)

@@ -170,6 +170,12 @@ class MysqlMapping(CachedMapping):
             raise LookupFailure(self._scrub(str(error))) from None
         except OSError as error:  # ssl_ca unreadable, TLS set-up refused
             raise LookupFailure(self._scrub(f"{type(error).__name__}: {error}")) from None
+        except RuntimeError as error:
+            # PyMySQL without the `cryptography` package (not bundled: it is not
+            # pure Python) cannot send a caching_sha2_password (MySQL 8's default)
+            # in the clear: over TLS or a Unix socket it needs none.
+            raise LookupFailure(self._scrub(f"{error}; connect with ?ssl_ca=PATH or ?unix_socket=PATH, "
+                                            "or give the account mysql_native_password")) from None
 
     def _query(self, connection: pymysql.connections.Connection, key: str) -> Answer:
         with self._lock:
