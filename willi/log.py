@@ -176,9 +176,28 @@ def journal_stream(value: str | None, stream: TextIO) -> bool:
     return value.strip() == f"{status.st_dev}:{status.st_ino}"
 
 
+# A write of at most this much to a pipe is never interleaved with another
+# process's (POSIX PIPE_BUF): WILLI_WORKERS share one stdout.
+ATOMIC_WRITE = select.PIPE_BUF
+
+
 def _write_all(fd: int, data: bytes) -> bool:
-    """Blocking write of all of `data` (the writer thread may wait); False when the stream is gone."""
-    view = memoryview(data)
+    """Blocking write of all of `data`, whole lines at most ATOMIC_WRITE
+    octets at a time (a longer line alone); False when the stream is gone."""
+    start, size = 0, len(data)
+    while start < size:
+        end = size
+        if size - start > ATOMIC_WRITE:
+            cut = data.rfind(b"\n", start, start + ATOMIC_WRITE)
+            end = cut + 1 if cut >= 0 else (data.find(b"\n", start + ATOMIC_WRITE) + 1 or size)
+        if not _write_piece(fd, memoryview(data)[start:end]):
+            return False
+        start = end
+    return True
+
+
+def _write_piece(fd: int, view: memoryview) -> bool:
+    """Blocking write of all of `view` (the writer thread may wait)."""
     while view:
         try:
             view = view[os.write(fd, view):]

@@ -160,3 +160,25 @@ def test_a_stream_without_a_descriptor_is_written_directly_even_after_start() ->
     Logger(None, sink=writer, clock=lambda: 0.0).info("x")
     assert stream.getvalue() == "ts=1970-01-01T00:00:00.000Z level=info event=x\n"
     writer.close(1.0)
+
+
+def test_writes_are_whole_lines_of_at_most_pipe_buf_so_workers_never_splice_them(monkeypatch) -> None:
+    # WILLI_WORKERS share one stdout: a pipe takes a write of up to PIPE_BUF whole,
+    # never interleaved with another process's; a longer write may be cut anywhere.
+    import willi.log as log
+
+    writes: list[bytes] = []
+
+    def write(fd: int, data: memoryview) -> int:
+        writes.append(bytes(data))
+        return len(data)
+
+    monkeypatch.setattr(log.os, "write", write)
+    lines = [f"event=line n={n} pad={'x' * (n % 300)}".encode() for n in range(2000)]
+    long_line = b"event=long value=" + b"y" * 10_000
+    data = b"\n".join([*lines[:1000], long_line, *lines[1000:]]) + b"\n"
+    assert log._write_all(1, data)
+    assert b"".join(writes) == data
+    assert all(piece.endswith(b"\n") for piece in writes)
+    assert all(len(piece) <= select.PIPE_BUF for piece in writes if long_line not in piece)
+    assert [piece for piece in writes if long_line in piece] == [long_line + b"\n"]  # alone, not cut
