@@ -38,7 +38,7 @@ class Observer:
             "tls_established": lambda f: self.metrics.tls_handshakes.inc(
                 str(f.get("side", "client")), "true" if f.get("resumed") else "false"),
             "body_refused": lambda f: self.metrics.body_violations.inc(str(f.get("kind", "unknown"))),
-            "upstream_failed": lambda f: self.metrics.upstream_failures.inc(str(f.get("target", "unknown"))),
+            "upstream_failed": lambda f: self.metrics.upstream_failures.inc(str(f.get("target") or "unknown")),
             "upstream_connected": self._upstream_connected,
             "session_fault": lambda f: self.metrics.session_faults.inc(),
             "protocol_error": lambda f: self.metrics.protocol_errors.inc(str(f.get("code", "unknown"))),

@@ -416,6 +416,9 @@ def test_an_upstream_lost_in_each_phase_is_a_4xx_never_250(setup, event, expecte
         assert pb >> body(b".\r\n") << c.BodyDone(replies.UPSTREAM_LOST)
     assert pb.relay.state is State.IDLE and pb.relay.link is None
     assert all(r.code != 250 for r in pb.records if isinstance(r, TransactionRecord))
+    # Reported with the target the transaction went to (willi_upstream_failures_total{target=...}).
+    failed = [dict(n.fields) for n in pb.notices if n.name == "upstream_failed"]
+    assert failed and all(f["target"] == "smtp://a.example.net" for f in failed), failed
 
 
 def test_after_the_upstream_is_lost_the_transaction_is_over() -> None:

@@ -170,7 +170,7 @@ class Chunking:
 
     def _on_chunk_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._upstream_failed_notice(str(event.error))
         self._lose(event.error.reply)
         self._chunk_answer(event.error.reply, WILLI)
 
@@ -183,8 +183,7 @@ class Chunking:
             self._early = event
 
     def _on_chunk_stalled(self, event: e.TimerFired) -> None:
-        self._out.append(c.Notice("upstream_failed", "warning",
-                                  (("error", "upstream stopped reading the body"),)))
+        self._upstream_failed_notice("upstream stopped reading the body")
         self._drop(abort=True)
         if self._failure is None:
             self._lose(replies.UPSTREAM_TIMEOUT)

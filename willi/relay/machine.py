@@ -287,7 +287,7 @@ class Relay(Chunking):
 
     def _on_data_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._upstream_failed_notice(str(event.error))
         self._end_lost(event.error.reply)
 
     def _on_body(self, event: e.BodyReceived) -> None:
@@ -339,7 +339,7 @@ class Relay(Chunking):
 
     def _on_final_failed(self, event: e.UpstreamFailed | e.UpstreamLost) -> None:
         self._drop(abort=True)
-        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+        self._upstream_failed_notice(str(event.error))
         self._finish(event.error.reply, WILLI, self._size)
 
     def _on_body_lost(self, event: e.UpstreamLost | e.TimerFired) -> None:
@@ -349,7 +349,7 @@ class Relay(Chunking):
             failure, error = replies.UPSTREAM_TIMEOUT, "upstream stopped reading the body"
         else:
             failure, error = event.error.reply, str(event.error)
-        self._out.append(c.Notice("upstream_failed", "warning", (("error", error),)))
+        self._upstream_failed_notice(error)
         self._drop(abort=True)
         self._failure = failure
         self.state = S.DRAIN
@@ -370,7 +370,7 @@ class Relay(Chunking):
         if self.txn is not None and self.txn.accepted:
             # The recipients it accepted are void: the transaction is over, and
             # the client protocol answers its RCPT and DATA with 451 until MAIL.
-            self._out.append(c.Notice("upstream_failed", "warning", (("error", str(event.error)),)))
+            self._upstream_failed_notice(str(event.error))
             self._end_transaction(None, WILLI, aborted="upstream lost")
             self._out.append(c.EndClientTransaction())
 
@@ -382,8 +382,13 @@ class Relay(Chunking):
     def _on_nothing(self, event: e.Event) -> None:
         """Late news for a state that no longer cares (a stall timer after the body)."""
 
+    def _upstream_failed_notice(self, error: str) -> None:
+        """`upstream_failed`, naming the target this transaction went to (counted by it)."""
+        target = self.txn.upstream if self.txn is not None else None
+        self._out.append(c.Notice("upstream_failed", "warning", (("target", target), ("error", error))))
+
     def _upstream_failed(self, error: UpstreamError, in_rcpt: bool) -> None:
-        self._out.append(c.Notice("upstream_failed", "warning", (("error", str(error)),)))
+        self._upstream_failed_notice(str(error))
         assert self._rcpt is not None
         self._answer_lost(self._rcpt, error.reply)
 
