@@ -105,3 +105,26 @@ def test_a_session_that_cannot_start_tells_its_client_421_and_leaves_nothing_beh
         reactor.close()
     assert heard == replies.SESSION_FAULT  # no greeting, no silence: a clear 421, then the close
     assert ctx.open_sessions == 0 and ours.fileno() == -1
+
+
+def test_each_command_error_is_reported_with_its_code_for_the_metric() -> None:
+    # willi_protocol_errors_total{code}: the protocol counts them, the session reports them.
+    observer = ListObserver()
+    ctx, reactor, workers = context(observer)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    session = Session(ctx, ours, ("192.0.2.1", 1000))
+    got = bytearray()
+    try:
+        theirs.sendall(b"BOGUS\r\nEHLO\r\nMAIL FROM:<a@b.test>\r\nEHLO c.test\r\nMAIL FROM:<a@b.test> X=1\r\nNOOP\r\n")
+        run_until(reactor, lambda: received(theirs, got).endswith(replies.OK))
+    finally:
+        theirs.close()
+        session.close("test over")
+        workers.close()
+        reactor.close()
+    errors = [fields for name, fields in (r for r in observer.records if isinstance(r, tuple))
+              if name == "protocol_error"]
+    assert [(e["code"], e["session"]) for e in errors] == [("500", session.id), ("501", session.id),
+                                                            ("503", session.id), ("555", session.id)]

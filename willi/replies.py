@@ -63,6 +63,7 @@ RCPT_AFTER_BDAT = b"503 5.5.1 Error: RCPT after BDAT\r\n"
 MESSAGE_TOO_BIG = b"552 5.3.4 Message size exceeds fixed limit\r\n"
 BAD_BODY = b"550 5.5.2 Message refused: bare <CR> or <LF> or NUL in message body\r\n"
 NEED_SMTPUTF8 = b"553 5.6.7 Upstream does not support SMTPUTF8\r\n"
+UNDECLARED_UTF8 = b"553 5.6.7 Must declare SMTPUTF8 to send unicode address\r\n"  # RFC 6531 §3.5, Postfix's words
 
 
 def greeting(hostname: str) -> bytes:

@@ -142,6 +142,8 @@ class Session:
                 CLIENT_EVENTS[type(event)](self, event)
         finally:
             self._pumping = False
+        if proto.error_codes:
+            self._report_errors()
         if self.closed:
             return
         if proto.out:
@@ -190,6 +192,12 @@ class Session:
             else:
                 UPSTREAM_EXECUTE[type(command)](up, command)
 
+    def _report_errors(self) -> None:
+        """protocol_error for each command error (willi_protocol_errors_total{code})."""
+        codes, self.proto.error_codes = self.proto.error_codes, []
+        for code in codes:
+            self.ctx.observer.event("protocol_error", session=self.id, code=code)
+
     def _flush_client(self) -> None:
         out = self.proto.take_output()
         if out:
@@ -200,7 +208,7 @@ class Session:
 
     # --- executing the relay's commands --------------------------------------------
     def _answer(self, cmd: c.Answer) -> None:
-        self.proto.answer(cmd.reply, cmd.accepted)
+        self.proto.answer(cmd.reply, cmd.accepted, cmd.error)
 
     def _read_body(self, cmd: c.ReadBody) -> None:
         self._flush_client()  # the 354 goes out before any body byte is judged

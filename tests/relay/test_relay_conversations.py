@@ -122,7 +122,7 @@ def test_no_route_is_relay_access_denied_and_refused() -> None:
     denied = replies.relay_denied("x@nowhere.test")
     assert (pb
             >> rcpt("x@nowhere.test") << c.LookUp(addr("x@nowhere.test"))
-            >> e.RouteAnswered(None) << c.Answer(denied, False))
+            >> e.RouteAnswered(None) << c.Answer(denied, False, error=True))  # counted as a client error
     (record,) = pb.records
     assert (record.status, record.code, record.src) == ("refused", 554, "willi")
 

@@ -423,6 +423,34 @@ def test_errors_up_to_the_limit_give_421_and_close() -> None:
     assert proto.phase is Phase.CLOSED and proto.next_event() is None
 
 
+def test_refusals_of_willis_own_count_toward_the_limit_too_so_recipients_cannot_be_probed_for_ever() -> None:
+    proto = ready(max_errors=3)
+    say(proto, b"MAIL FROM:<alice@example.org>\r\n")
+    denied = replies.relay_denied("x@elsewhere.test")
+    for n in range(3):
+        [event], _ = say(proto, b"RCPT TO:<x@elsewhere.test>\r\nNOOP\r\n")
+        assert isinstance(event, Rcpt)
+        proto.answer(denied, False, error=True)  # the relay: no route, relay access denied
+        events, out = say(proto, b"")
+        if n < 2:
+            assert events == [] and out == denied + replies.OK  # the NOOP behind it still served
+    assert [type(e) for e in events] == [Close] and out == denied + replies.TOO_MANY_ERRORS
+    assert proto.error_codes == ["554", "554", "554"] and proto.phase is Phase.CLOSED
+
+
+def test_a_non_ascii_path_without_smtputf8_is_553_5_6_7() -> None:
+    proto = ready()
+    assert say(proto, "MAIL FROM:<jösé@origin.test>\r\n".encode()) == ([], replies.UNDECLARED_UTF8)
+    assert say(proto, b"MAIL FROM:<s@origin.test>\r\n") == ([], replies.SENDER_OK)
+    assert say(proto, "RCPT TO:<ünï@dest.test>\r\n".encode()) == ([], replies.UNDECLARED_UTF8)
+    assert proto.error_codes == ["553", "553"]
+    # Declared, both go through (towards an upstream without SMTPUTF8 the relay says 553 itself).
+    proto = ready()
+    assert say(proto, "MAIL FROM:<jösé@origin.test> SMTPUTF8\r\n".encode()) == ([], replies.SENDER_OK)
+    [event], _ = say(proto, "RCPT TO:<ünï@dest.test>\r\n".encode())
+    assert isinstance(event, Rcpt) and event.address.local == "ünï"
+
+
 def test_good_commands_do_not_count_as_errors() -> None:
     proto = ready(max_errors=2)
     say(proto, b"BOGUS\r\n")

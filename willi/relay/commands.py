@@ -24,10 +24,12 @@ class Command:
 # --- the client -----------------------------------------------------------------
 @dataclass(slots=True)
 class Answer(Command):
-    """Finish the client's pending RCPT or DATA with `reply`."""
+    """Finish the client's pending RCPT or DATA with `reply`; `error`: it is
+    Willi's own refusal, counted toward WILLI_MAX_ERRORS as a command error."""
 
     reply: bytes
     accepted: bool = False
+    error: bool = False
 
 
 @dataclass(slots=True)

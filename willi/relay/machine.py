@@ -136,7 +136,8 @@ class Relay(Chunking):
             self._refuse(event.failure, WILLI)
             return
         if event.route is None:
-            self._refuse(replies.relay_denied(str(rcpt.address)), WILLI)
+            # Counted as a client error, as Postfix counts its reject: no probing without end.
+            self._refuse(replies.relay_denied(str(rcpt.address)), WILLI, error=True)
             return
         route, link = event.route, self.link
         self._route = route
@@ -251,12 +252,13 @@ class Relay(Chunking):
         self.state = S.RCPT_SENT
         self._out.append(c.Send((rcpt_command(self._rcpt.address),)))
 
-    def _refuse(self, reply: bytes, src: str) -> None:
-        """Willi's own answer to the RCPT at hand; the transaction goes on."""
+    def _refuse(self, reply: bytes, src: str, error: bool = False) -> None:
+        """Willi's own answer to the RCPT at hand; the transaction goes on.
+        `error`: the client's fault, counted toward WILLI_MAX_ERRORS."""
         rcpt, txn = self._rcpt, self.txn
         assert rcpt is not None and txn is not None
         self.state = S.IDLE
-        self._out += (c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False))
+        self._out += (c.Emit((txn.refuse(str(rcpt.address), reply, src),)), c.Answer(reply, False, error))
 
     # --- DATA and the body ------------------------------------------------------
     def _on_data(self, event: e.ClientData) -> None:

@@ -141,7 +141,7 @@ class ServerProtocol:
     __slots__ = (
         "settings", "phase", "_lines", "out", "_pending", "helo", "esmtp",
         "tls_active", "mail", "mail_params", "accepted", "errors",
-        "_ehlo_plain", "_ehlo_tls", "_void", "_bdat", "_skip",
+        "_ehlo_plain", "_ehlo_tls", "_void", "_bdat", "_skip", "error_codes", "_over_limit",
     )
 
     def __init__(self, settings: ServerSettings, ehlo_plain: bytes | None = None,
@@ -158,6 +158,8 @@ class ServerProtocol:
         self.mail_params: dict[str, str | None] = {}
         self.accepted = 0
         self.errors = 0
+        self.error_codes: list[str] = []  # of the errors counted, for the session to report (protocol_error)
+        self._over_limit = False  # a refusal the session answered reached WILLI_MAX_ERRORS
         self._void = False  # the upstream went away inside this transaction
         self._bdat = False  # this transaction is sent with BDAT: no DATA in it
         self._skip = 0  # bytes of a refused BDAT chunk still to throw away
@@ -207,6 +209,10 @@ class ServerProtocol:
         """The next event of the pipelined commands buffered, None when they
         are all answered, or when OUT_LIMIT of replies wait to be taken (a
         client that pipelines and never reads must not make them pile up)."""
+        if self._over_limit and self.phase is Phases.COMMAND:
+            self.out += replies.TOO_MANY_ERRORS
+            self.close()
+            return Close()
         while self.phase is Phases.COMMAND:
             line = self._lines.next_line()
             if line is None:
@@ -224,10 +230,14 @@ class ServerProtocol:
         return None
 
     # --- answers from the session ---------------------------------------------
-    def answer(self, reply: bytes, accepted: bool) -> None:
-        """Finish the pending Rcpt or Data event with the reply to relay."""
+    def answer(self, reply: bytes, accepted: bool, error: bool = False) -> None:
+        """Finish the pending Rcpt or Data event with the reply to relay;
+        `error`: Willi's own refusal, counted as a command error is."""
         event, self._pending = self._pending, None
         self.out += reply
+        if error:
+            self._count_error(reply)
+            self._over_limit = self.errors >= self.settings.max_errors  # 421 before the next command
         if isinstance(event, Rcpt):
             self.accepted += accepted
             self.phase = Phases.COMMAND
@@ -317,6 +327,8 @@ class ServerProtocol:
         except AddressError as exc:
             return self._error(exc.reply)
         problem = self._check_mail_params(params)
+        if problem is None and not arg.isascii() and "SMTPUTF8" not in params:
+            problem = replies.UNDECLARED_UTF8  # a non-ASCII path needs the parameter
         if problem is not None:
             return self._error(problem)
         self._reset_transaction()  # after a voided one, nothing of it (BDAT included) carries over
@@ -360,6 +372,8 @@ class ServerProtocol:
             return self._error(exc.reply)
         if raw:
             return self._error(replies.UNKNOWN_PARAMETER)
+        if not arg.isascii() and "SMTPUTF8" not in self.mail_params:
+            return self._error(replies.UNDECLARED_UTF8)
         if address.is_null or (not address.domain and address.local.lower() != "postmaster"):
             return self._error(replies.SYNTAX_ADDRESS)
         if self.accepted >= self.settings.max_recipients:
@@ -412,7 +426,7 @@ class ServerProtocol:
             size, last, well_formed = parse_bdat(arg)
         except BadChunkSize:
             # Where its chunk ends is unknown: nothing after it can be read as a command.
-            self.errors += 1
+            self._count_error(replies.BDAT_UNFRAMED)
             self.out += replies.BDAT_UNFRAMED
             self.close()
             return Close("unframeable BDAT")
@@ -484,8 +498,12 @@ class ServerProtocol:
         self._void = False
         self._bdat = False
 
-    def _error(self, reply: bytes) -> Event | None:
+    def _count_error(self, reply: bytes) -> None:
         self.errors += 1
+        self.error_codes.append(reply[:3].decode("ascii", "replace"))
+
+    def _error(self, reply: bytes) -> Event | None:
+        self._count_error(reply)
         self.out += reply
         if self.errors >= self.settings.max_errors:
             self.out += replies.TOO_MANY_ERRORS
