@@ -6,7 +6,7 @@ import socket
 
 from tests.test_reactor import run_until
 from willi.connection import HIGH_WATER, Connection
-from willi.reactor import TLS_PLAIN_BUFFER_SIZE, Reactor
+from willi.reactor import Reactor
 from willi.tls import TLSEngine, client_context, server_context
 
 
@@ -141,35 +141,3 @@ def test_a_peer_that_goes_away_during_the_handshake_fails_it_at_once(pki) -> Non
         assert len(done) == 1 and "during the TLS handshake" in str(done[0]), how
         assert ca.closed and len(oa.lost) == 1, how
         reactor.close()
-
-
-def test_a_paused_tls_connection_hands_over_no_plaintext_until_it_resumes(pki) -> None:
-    # Without TLS the kernel holds what a paused owner does not take; with TLS the
-    # engine must hold it too, or a client that does not read its replies gets
-    # more of its pipelined commands answered than the reply bound allows.
-    reactor = Reactor()
-    ca, oa, cb, ob = pair(reactor)
-    done: dict[str, object] = {}
-    ca.start_tls(TLSEngine(server_context(str(pki.willi_cert), str(pki.willi_key)), True),
-                 lambda exc: done.setdefault("server", exc))
-    cb.start_tls(TLSEngine(client_context(True, str(pki.ca_cert), None, None), False, "localhost"),
-                 lambda exc: done.setdefault("client", exc))
-    run_until(reactor, lambda: len(done) == 2)
-    takes = oa.data
-
-    def on_data(conn: Connection, data: memoryview) -> None:
-        takes.extend(data)
-        conn.pause_reading()  # as a session does when its client stops reading the replies
-
-    oa.on_data = on_data  # type: ignore[method-assign]
-    many = b"EHLO client.test\r\n" * 20_000  # 360 kB: many TLS records, several reads
-    cb.write(many)
-    run_until(reactor, lambda: len(oa.data) > 0)
-    seen = len(oa.data)
-    run_until(reactor, lambda: False, timeout=0.2)  # every chance to deliver more
-    assert len(oa.data) == seen <= TLS_PLAIN_BUFFER_SIZE  # one delivery, not the rest of what was read
-    oa.on_data = Owner.on_data.__get__(oa)  # type: ignore[method-assign]
-    ca.resume_reading()
-    run_until(reactor, lambda: len(oa.data) == len(many))
-    assert bytes(oa.data) == many
-    ca.close(), cb.close(), reactor.close()

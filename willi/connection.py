@@ -310,9 +310,7 @@ class Connection:
         engine = self.tls
         assert engine is not None
         view = self.reactor.tls_view
-        # Paused, the owner takes no more: decrypted records wait in the engine
-        # (resume_reading delivers them), as bytes wait in the kernel without TLS.
-        while not self.closed and self.tls is engine and self._reading:
+        while not self.closed and self.tls is engine:
             try:
                 n = engine.read_into(view)
             except TLSError as exc:
