@@ -36,7 +36,8 @@ class ReverseNames:
         self._reactor = reactor
         self._workers = workers
         self._cache: dict[str, tuple[float, str]] = {}
-        self._waiting: dict[str, list[Callable[[str], None]]] = {}
+        # Each waiter with the owner that asked: a fault in its callback ends that one.
+        self._waiting: dict[str, list[tuple[Callable[[str], None], Any]]] = {}
 
     def lookup(self, ip: str, callback: Callable[[str], None]) -> None:
         hit = self._cache.get(ip)
@@ -45,9 +46,9 @@ class ReverseNames:
             return
         waiters = self._waiting.get(ip)
         if waiters is not None:
-            waiters.append(callback)
+            waiters.append((callback, self._reactor.owner))
             return
-        self._waiting[ip] = [callback]
+        self._waiting[ip] = [(callback, self._reactor.owner)]
         try:
             self._workers.submit(dns.reverse_name, (ip,), lambda name, exc: self._done(ip, name, exc))
         except PoolFull:
@@ -59,8 +60,8 @@ class ReverseNames:
             if len(self._cache) >= self.LIMIT:
                 self._cache.clear()
             self._cache[ip] = (self._reactor.time() + self.TTL, name)
-        for callback in self._waiting.pop(ip, []):
-            callback(name)
+        for callback, owner in self._waiting.pop(ip, []):
+            self._reactor.call_soon(callback, name, owner=owner)  # one asker's fault is its own
 
 
 class Context:
