@@ -171,6 +171,8 @@ class MysqlMapping(CachedMapping):
         except OSError as error:  # ssl_ca unreadable, TLS set-up refused
             raise LookupFailure(self._scrub(f"{type(error).__name__}: {error}")) from None
         except RuntimeError as error:
+            if "cryptography" not in str(error):
+                raise
             # PyMySQL without the `cryptography` package (not bundled: it is not
             # pure Python) cannot send a caching_sha2_password (MySQL 8's default)
             # in the clear: over TLS or a Unix socket it needs none.
