@@ -47,7 +47,7 @@ class Session:
         self.peer = peer
         self.proto = smtp.ServerProtocol(ctx.server_settings, ctx.ehlo_plain, ctx.ehlo_tls)
         self.relay = Relay(self.id, peer[0], ctx.server_settings.max_message_size, ctx.strict_body,
-                           ctx.split_recipients)
+                           ctx.split_recipients, ctx.server_settings.max_recipients)
         self.closed = False
         self.eof = False  # the client half-closed: finish, reply, then close
         self.client_tls: str | None = None

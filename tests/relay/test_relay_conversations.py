@@ -22,7 +22,7 @@ against ServerProtocol in tests/smtp/test_server.py):
 | RCPT: different upstream 452 4.5.3 | test_a_recipient_routed_elsewhere_gets_452_4_5_3 |
 | RCPT: WILLI_SPLIT_RECIPIENTS=off | test_with_splitting_off_it_goes_to_the_first_upstream |
 | RCPT: first refused, later binds elsewhere | test_only_an_accepted_recipient_binds_the_transaction |
-| RCPT: more than WILLI_MAX_RECIPIENTS 452 | test_server.py::test_more_than_max_recipients_is_452_without_an_event |
+| RCPT: more than WILLI_MAX_RECIPIENTS 452 | test_more_than_max_recipients_is_452_4_5_3_never_routed_and_recorded |
 | LMTP: one recipient (SPEC §4) | test_lmtp_carries_one_recipient_per_transaction |
 | upstream 421 demoted to 451 (§7) | test_an_upstream_421_at_rcpt_reaches_the_client_as_451_and_drops_the_link, test_an_upstream_421_to_the_message_is_451 |
 | DATA: no accepted recipient 554 | test_server.py::test_data_without_an_accepted_recipient_is_554_5_5_1 |
@@ -186,6 +186,17 @@ def test_only_an_accepted_recipient_binds_the_transaction() -> None:
             # The next one routes elsewhere: the open MAIL on A is QUIT, not parked.
             >> rcpt("b@b.example.net") << c.LookUp(addr("b@b.example.net"))
             >> e.RouteAnswered(B) << c.DropLink(abort=False, reusable=False) << c.Dial(B))
+
+
+def test_more_than_max_recipients_is_452_4_5_3_never_routed_and_recorded() -> None:
+    pb = Playbook(machine(max_recipients=1))
+    bound(pb)  # one accepted
+    assert (pb
+            >> rcpt("b@a.example.net") << c.Answer(replies.TOO_MANY_RECIPIENTS, False)  # no LookUp
+            >> rcpt("c@b.example.net") << c.Answer(replies.TOO_MANY_RECIPIENTS, False))
+    assert [(r.to, r.status, r.code, r.src) for r in pb.records] == [
+        ("b@a.example.net", "deferred", 452, "willi"), ("c@b.example.net", "deferred", 452, "willi")]
+    assert pb.relay.txn is not None and pb.relay.txn.refused == 2
 
 
 def test_lmtp_carries_one_recipient_per_transaction() -> None:

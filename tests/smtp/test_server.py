@@ -263,13 +263,14 @@ def test_rcpt_with_a_bad_address_is_501() -> None:
     assert say(proto, b"RCPT TO:<bob@exa mple.net>\r\n") == ([], replies.SYNTAX_ADDRESS)
 
 
-def test_more_than_max_recipients_is_452_without_an_event() -> None:
-    proto = in_transaction(max_recipients=2)
-    [event], _ = say(proto, b"RCPT TO:<c@example.net>\r\n")
-    proto.answer(RCPT_OK, True)
-    proto.take_output()
-    assert say(proto, b"RCPT TO:<d@example.net>\r\n") == ([], replies.TOO_MANY_RECIPIENTS)
-    assert proto.errors == 0
+def test_a_recipient_over_the_limit_is_the_relays_to_answer_and_no_error() -> None:
+    # WILLI_MAX_RECIPIENTS counts accepted recipients, which the relay's ledger knows;
+    # it answers 452 4.5.3 and records the recipient (tests/relay/...::test_more_than_max_recipients...).
+    proto = in_transaction(max_recipients=1)
+    [event], _ = say(proto, b"RCPT TO:<d@example.net>\r\n")
+    assert isinstance(event, Rcpt)
+    proto.answer(replies.TOO_MANY_RECIPIENTS, False)
+    assert proto.take_output() == replies.TOO_MANY_RECIPIENTS and proto.errors == 0
 
 
 # --- DATA ---------------------------------------------------------------------------

@@ -69,8 +69,8 @@ class FakeLink:
         return self.is_closed
 
 
-def machine(max_size: int = 1000, strict: bool = True, split: bool = True) -> Relay:
-    return Relay("s1", "192.0.2.7", max_size, strict, split)
+def machine(max_size: int = 1000, strict: bool = True, split: bool = True, max_recipients: int = 100) -> Relay:
+    return Relay("s1", "192.0.2.7", max_size, strict, split, max_recipients)
 
 
 class Playbook:

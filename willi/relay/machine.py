@@ -52,18 +52,19 @@ class Relay(Chunking):
     """The transaction between one client session and its upstream."""
 
     # One per session, idle ones included: slots keep it small.
-    __slots__ = ("session", "client", "max_size", "strict_body", "split_recipients", "state", "link",
+    __slots__ = ("session", "client", "max_size", "strict_body", "split_recipients", "max_recipients", "state", "link",
                  "upstream_open", "txn", "count", "_rcpt", "_route", "_size", "_fresh", "_pipelined",
                  "_mail_refused", "_ignore", "_scanner", "_held", "_failure", "_chunk", "_stuffer",
                  "_remaining", "_last", "_early", "_this", "_last_pending", "_lost", "_out", "_now")
 
     def __init__(self, session: str, client: str, max_size: int, strict_body: bool = True,
-                 split_recipients: bool = True) -> None:
+                 split_recipients: bool = True, max_recipients: int = 100) -> None:
         self.session = session
         self.client = client
         self.max_size = max_size
         self.strict_body = strict_body
         self.split_recipients = split_recipients
+        self.max_recipients = max_recipients  # accepted ones (WILLI_MAX_RECIPIENTS), as Postfix counts
         self.state = S.IDLE
         self.link: e.LinkView | None = None
         self.upstream_open = False  # MAIL FROM accepted upstream, transaction not finished
@@ -124,6 +125,9 @@ class Relay(Chunking):
             self.txn = Ledger(self.session, self.client, f"{self.session}.{self.count}", self._now,
                               str(event.sender), event.helo, event.tls)
         self._rcpt = event
+        if len(self.txn.accepted) >= self.max_recipients:
+            self._refuse(replies.TOO_MANY_RECIPIENTS, WILLI)  # answered and recorded, never routed
+            return
         self.state = S.ROUTING
         self._out.append(c.LookUp(event.address))
 

@@ -376,10 +376,7 @@ class ServerProtocol:
             return self._error(replies.UNDECLARED_UTF8)
         if address.is_null or (not address.domain and address.local.lower() != "postmaster"):
             return self._error(replies.SYNTAX_ADDRESS)
-        if self.accepted >= self.settings.max_recipients:
-            self.out += replies.TOO_MANY_RECIPIENTS
-            return None
-        return self._wait(Rcpt(address))
+        return self._wait(Rcpt(address))  # the relay answers, WILLI_MAX_RECIPIENTS included
 
     def _data(self, arg: bytes) -> Event | None:
         if arg.strip():
