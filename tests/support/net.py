@@ -9,6 +9,7 @@ the server answered, which smtplib hides.
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from typing import Callable, NamedTuple, TypeVar
@@ -23,8 +24,38 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def _below_ephemeral() -> range:
+    """Ports the kernel never picks by itself: below its ephemeral range,
+    which every connect() and bind(("", 0)) draws its port from."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 12000), low) if low > 4000 else range(0)
+
+
+_PICKS = random.Random()
+_HANDED_OUT: set[int] = set()  # within this test process, a port is handed out once
+
+
 def free_port(host: str = LOOPBACK_V4) -> int:
-    """A TCP port that was free on `host` a moment ago (bind to port 0)."""
+    """A TCP port free on `host` now, and likely to stay so until the test
+    binds it: one below the kernel's ephemeral range, so no outgoing
+    connection (Willi's to an upstream, say) takes it meanwhile as its source
+    port; bind to port 0 if none is found."""
+    candidates = _below_ephemeral()
+    for _ in range(50 if candidates else 0):
+        port = _PICKS.choice(candidates)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
