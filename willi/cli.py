@@ -188,6 +188,11 @@ def serve(config: Config, logger: Logger, load: Load | None = None,
         print(f"willi: cannot start: {exc}", file=sys.stderr)
         return 1
     if config.workers > 1:
+        try:
+            startable(config, logger)  # one clear line here, not one garbled line per worker
+        except (MappingError, TLSError) as exc:
+            print(f"willi: cannot start: {exc}", file=sys.stderr)
+            return 1
         return _supervise(config, logger, load, notifier, sockets, bool(inherited))
     return _serve_one(config, logger, load, notifier, sockets, bool(inherited))
 
@@ -226,11 +231,13 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
                                   Notifier(None), sockets, activated)
             finally:
                 os._exit(code)
+        children[pid] = index  # before a pending SIGTERM runs forward(): it must reach this child too
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-        children[pid] = index
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping, latest
+        if signum == signal.SIGHUP and stopping:
+            return  # draining: nothing to reload (as a single process ignores it)
         if signum == signal.SIGHUP:
             notifier.reloading()  # each worker reloads itself and logs how it went
             try:
@@ -256,7 +263,8 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
     for signum in handled:
         signal.signal(signum, forward)
     for index in range(config.workers):
-        spawn(index)
+        if not stopping:
+            spawn(index)
     notifier.ready(f"{config.workers} workers")
     status = 0
     while children:
@@ -268,9 +276,11 @@ def _supervise(config: Config, logger: Logger, load: Load, notifier: Notifier,
         if stopping:
             status = status or (code if code > 0 else 0)
         elif code == 1:
-            logger.error("worker_failed", worker=index, code=code)  # could not start: give up
-            forward(signal.SIGTERM, None)
-            status = 1
+            # Could not start (or failed at run time): not restarted again, but the
+            # others go on serving; with none left, Willi has failed.
+            logger.error("worker_failed", worker=index, code=code, serving=len(children))
+            if not children:
+                status = 1
         else:
             logger.error("worker_died", worker=index, code=code)
             spawn(index)

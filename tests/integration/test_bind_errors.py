@@ -126,3 +126,10 @@ def test_an_empty_host_is_logged_as_all_ipv4_interfaces(tmp_path: Path) -> None:
         process.wait(10)
     assert line["address"] == f"0.0.0.0:{port}"
     assert line["interfaces"] == "all IPv4 interfaces"
+
+
+def test_with_workers_a_mapping_that_cannot_open_fails_the_start_with_one_line(tmp_path: Path) -> None:
+    # Checked in the parent before any worker is forked: not one garbled line per worker.
+    line = start_fails(tmp_path, env(tmp_path, f"127.0.0.1:{free_port()}", WILLI_WORKERS="3",
+                                     WILLI_MAPPING_1=f"csv:{tmp_path}/missing.csv"))
+    assert line.startswith("willi: cannot start: ") and "missing.csv" in line

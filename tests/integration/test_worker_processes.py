@@ -65,3 +65,26 @@ def test_a_worker_restarted_after_a_failed_reload_starts_on_the_last_good_config
     assert len(upstream.wait_for_messages(6)) == 6
     assert not [r for r in willi.log_lines() if r.get("event") == "worker_failed"]
     assert willi.stop() == 0
+
+
+def test_a_worker_that_cannot_restart_does_not_take_the_others_down(launch, tmp_path):
+    upstream = launch.upstream()
+    routes = tmp_path / "routes.csv"
+    routes.write_text(f"pattern;server\nexample.org;{upstream.address}\n")
+    willi = launch.willi({"WILLI_MAPPING_1": f"csv:{routes}", "WILLI_WORKERS": "2"})
+    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "listening") == 2, 10.0,
+               message="two workers listening")
+    # The file is broken on disk: the running workers keep their table (SPEC §7) ...
+    routes.write_text(routes.read_text() + "no separator here\n")
+    wait_until(lambda: sum(1 for r in willi.log_lines() if r.get("event") == "mapping_reload_failed") == 2, 10.0,
+               message="both workers to keep their table")
+    # ... and one of them dies: its replacement cannot load the file and gives up, alone.
+    victim = willi.children()[0]
+    os.kill(victim, signal.SIGKILL)
+    failed = willi.wait_for_log(lambda r: r.get("event") == "worker_failed")
+    assert failed["serving"] == "1" and willi.process.poll() is None
+    for i in range(4):
+        with open_session(willi) as client:
+            assert deliver(client, f"still{i}@example.org").code == 250
+    assert len(upstream.wait_for_messages(4)) == 4
+    assert willi.stop() == 0
