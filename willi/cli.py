@@ -303,7 +303,8 @@ def _serve_one(config: Config, logger: Logger, load: Load, notifier: Notifier,
                sockets: list[socket.socket], activated: bool = False) -> int:
     try:
         router = _router(config, logger)
-        metrics_sock = open_listener(*config.metrics_listen) if config.metrics_listen else None
+        metrics_sock = (open_listener(*config.metrics_listen, key="WILLI_METRICS_LISTEN")
+                        if config.metrics_listen else None)
         contexts = _upstream_contexts(config)
     except (MappingError, TLSError, ListenError, OSError) as exc:
         print(f"willi: cannot start: {exc}", file=sys.stderr)

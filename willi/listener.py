@@ -63,10 +63,11 @@ class ListenError(WilliError):
     """A listening socket could not be opened; the text names the address and the fix."""
 
 
-def open_listener(host: str, port: int) -> socket.socket:
+def open_listener(host: str, port: int, key: str = "WILLI_LISTEN") -> socket.socket:
     """Bound and listening, non-blocking. Never SO_REUSEPORT: a second Willi
     on a port in use must fail here, not silently share the traffic; the
-    workers of one Willi share the sockets their parent opened."""
+    workers of one Willi share the sockets their parent opened. `key` is
+    the setting an error names (WILLI_METRICS_LISTEN for the metrics port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -78,7 +79,7 @@ def open_listener(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise ListenError(explain_bind_error(host, port, exc)) from exc
+        raise ListenError(explain_bind_error(host, port, exc, key=key)) from exc
     return sock
 
 
@@ -95,14 +96,15 @@ def open_listeners(addresses: Iterable[tuple[str, int]]) -> list[socket.socket]:
     return sockets
 
 
-def explain_bind_error(host: str, port: int, exc: OSError, proc: Path = Path("/proc")) -> str:
+def explain_bind_error(host: str, port: int, exc: OSError, proc: Path = Path("/proc"),
+                       key: str = "WILLI_LISTEN") -> str:
     """`cannot listen on 0.0.0.0:25: <why>; <what to do>`."""
     where = f"cannot listen on {show_address(host, port)}"
     if exc.errno == errno.EADDRINUSE:
         owner = describe_owner(port, proc)
         who = f"by {owner}" if owner else "by another process (`ss -ltnp sport = :%d` says which)" % port
         return (f"{where}: the port is already in use {who}; stop that process (another Willi?) "
-                f"or choose another WILLI_LISTEN")
+                f"or choose another {key}")
     if exc.errno == errno.EACCES:
         start = _unprivileged_port_start(proc)
         if port < start:
@@ -111,7 +113,7 @@ def explain_bind_error(host: str, port: int, exc: OSError, proc: Path = Path("/p
                     f"with a redirect from {port})")
         return f"{where}: permission denied (not a privileged port: a security module or a container policy?)"
     if exc.errno == errno.EADDRNOTAVAIL:
-        return f"{where}: no interface of this machine has the address {host}; check WILLI_LISTEN"
+        return f"{where}: no interface of this machine has the address {host}; check {key}"
     return f"{where}: {exc.strerror or exc}"
 
 

@@ -133,3 +133,12 @@ def test_with_workers_a_mapping_that_cannot_open_fails_the_start_with_one_line(t
     line = start_fails(tmp_path, env(tmp_path, f"127.0.0.1:{free_port()}", WILLI_WORKERS="3",
                                      WILLI_MAPPING_1=f"csv:{tmp_path}/missing.csv"))
     assert line.startswith("willi: cannot start: ") and "missing.csv" in line
+
+
+def test_a_metrics_port_in_use_names_the_metrics_setting(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        line = start_fails(tmp_path, env(tmp_path, f"127.0.0.1:{free_port()}",
+                                         WILLI_METRICS_LISTEN=f"127.0.0.1:{port}"))
+    assert f"127.0.0.1:{port}" in line and "already in use" in line
+    assert line.endswith("or choose another WILLI_METRICS_LISTEN")
