@@ -184,13 +184,13 @@ ATOMIC_WRITE = select.PIPE_BUF
 def _write_all(fd: int, data: bytes) -> bool:
     """Blocking write of all of `data`, whole lines at most ATOMIC_WRITE
     octets at a time (a longer line alone); False when the stream is gone."""
-    start, size = 0, len(data)
+    view, start, size = memoryview(data), 0, len(data)
     while start < size:
         end = size
         if size - start > ATOMIC_WRITE:
             cut = data.rfind(b"\n", start, start + ATOMIC_WRITE)
             end = cut + 1 if cut >= 0 else (data.find(b"\n", start + ATOMIC_WRITE) + 1 or size)
-        if not _write_piece(fd, memoryview(data)[start:end]):
+        if not _write_piece(fd, view[start:end]):
             return False
         start = end
     return True

@@ -150,14 +150,8 @@ class Chunking:
             if reply.positive:
                 self._out.append(c.Send((b"BDAT 0 LAST\r\n",), c.DATA_TIMEOUT))
                 return
-            # Refused: no more BDAT (RFC 3030 §4.2), so nothing can complete
-            # the chunks it took before; its transaction is reset.
-            if reply.code == 421:
-                self._drop(abort=True)
-            elif self.link is not None:
-                self._reset_upstream()
-            self._finish(demote_421(reply), UPSTREAM, self._chunk.size if self._chunk else 0)
-            return
+            # Refused: no more BDAT (RFC 3030 §4.2), so nothing can complete the
+            # chunks it took before; it ends the message as any refused LAST does.
         raw = demote_421(reply)
         if reply.code == 421:
             self._drop(abort=True)
@@ -202,7 +196,6 @@ class Chunking:
             self._finish(reply, src, self._size)
             return
         if self._lost:
-            self._chunk = self._stuffer = None
             self._end_lost(reply, src)  # later chunks are the client protocol's to refuse
             return
         self.state = S.IDLE

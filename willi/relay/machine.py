@@ -414,6 +414,7 @@ class Relay(Chunking):
     def _end_lost(self, reply: bytes, src: str = WILLI) -> None:
         """DATA (or a BDAT chunk) found the upstream gone: its 4xx is the
         message's final reply, and the transaction is over."""
+        self._chunk = self._stuffer = None
         txn, self.txn = self.txn, None
         self.state = S.IDLE
         self.upstream_open = False

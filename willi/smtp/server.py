@@ -141,7 +141,7 @@ class ServerProtocol:
     __slots__ = (
         "settings", "phase", "_lines", "out", "_pending", "helo", "esmtp",
         "tls_active", "mail", "mail_params", "accepted", "errors",
-        "_ehlo_plain", "_ehlo_tls", "_void", "_bdat", "_skip", "error_codes", "_over_limit",
+        "_ehlo_plain", "_ehlo_tls", "_void", "_bdat", "_skip", "error_codes",
     )
 
     def __init__(self, settings: ServerSettings, ehlo_plain: bytes | None = None,
@@ -159,7 +159,6 @@ class ServerProtocol:
         self.accepted = 0
         self.errors = 0
         self.error_codes: list[str] = []  # of the errors counted, for the session to report (protocol_error)
-        self._over_limit = False  # a refusal the session answered reached WILLI_MAX_ERRORS
         self._void = False  # the upstream went away inside this transaction
         self._bdat = False  # this transaction is sent with BDAT: no DATA in it
         self._skip = 0  # bytes of a refused BDAT chunk still to throw away
@@ -209,7 +208,8 @@ class ServerProtocol:
         """The next event of the pipelined commands buffered, None when they
         are all answered, or when OUT_LIMIT of replies wait to be taken (a
         client that pipelines and never reads must not make them pile up)."""
-        if self._over_limit and self.phase is Phases.COMMAND:
+        if self.errors >= self.settings.max_errors and self.phase is Phases.COMMAND:
+            # A refusal the session answered (answer(error=True)) reached the limit.
             self.out += replies.TOO_MANY_ERRORS
             self.close()
             return Close()
@@ -236,8 +236,7 @@ class ServerProtocol:
         event, self._pending = self._pending, None
         self.out += reply
         if error:
-            self._count_error(reply)
-            self._over_limit = self.errors >= self.settings.max_errors  # 421 before the next command
+            self._count_error(reply)  # at the limit, 421 comes before the next command
         if isinstance(event, Rcpt):
             self.accepted += accepted
             self.phase = Phases.COMMAND
