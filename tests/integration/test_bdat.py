@@ -164,19 +164,25 @@ def test_a_client_vanishing_mid_chunk_never_lets_the_upstream_see_last_or_a_dot(
     assert not any(c.upper().endswith(b"LAST") for c in mine.commands)
 
 
-def test_an_upstream_that_rejects_a_middle_chunk_has_every_later_chunk_answered_with_it(module_launch):
-    reject = b"554 5.6.0 I do not like this chunk\r\n"
-    seen = []
+def refusing_the_second_bdat(module_launch, reply: bytes):
+    """A CHUNKING upstream that answers its second BDAT line with `reply`, a
+    Willi in front of it, and the BDAT lines the upstream saw."""
+    seen: list[bytes] = []
 
     def on_command(session, line):
         if line.upper().startswith(b"BDAT"):
             seen.append(line)
             if len(seen) == 2:
-                return reject
+                return reply
         return None
 
     upstream = module_launch.upstream(capabilities=[*DEFAULT_CAPABILITIES, "CHUNKING"], on_command=on_command)
-    willi = module_launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}"})
+    return upstream, module_launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}"}), seen
+
+
+def test_an_upstream_that_rejects_a_middle_chunk_has_every_later_chunk_answered_with_it(module_launch):
+    reject = b"554 5.6.0 I do not like this chunk\r\n"
+    upstream, willi, _ = refusing_the_second_bdat(module_launch, reject)
     with open_session(willi) as client:
         envelope(client, "u@example.org")
         for part in (b"one\r\n", b"two\r\n", b"three\r\n"):
@@ -238,17 +244,7 @@ def test_a_link_whose_translated_data_was_refused_is_reused_without_a_transactio
 def test_an_upstream_that_refuses_the_last_chunk_never_sees_last_so_no_truncated_message_is_queued(
         module_launch):
     refuse = b"452 4.3.1 Insufficient system storage\r\n"
-    seen: list[bytes] = []
-
-    def on_command(session, line):
-        if line.upper().startswith(b"BDAT"):
-            seen.append(line)
-            if len(seen) == 2:
-                return refuse
-        return None
-
-    upstream = module_launch.upstream(capabilities=[*DEFAULT_CAPABILITIES, "CHUNKING"], on_command=on_command)
-    willi = module_launch.willi({"WILLI_MAPPING_1": f"static:{upstream.address}"})
+    upstream, willi, seen = refusing_the_second_bdat(module_launch, refuse)
     with open_session(willi) as client:
         envelope(client, "u@example.org")
         bdat(client, b"Hi\r\n")

@@ -117,13 +117,19 @@ def test_each_worker_thread_queries_on_a_connection_of_its_own(tmp_path: Path) -
     assert mapping._connections == set()
 
 
-def test_while_the_file_is_gone_a_known_route_is_served_stale(tmp_path: Path) -> None:
+def gone_after_one_answer(tmp_path: Path) -> tuple[FakeClock, ListLogger, SqliteMapping]:
+    """A mapping that answered example.org once, then lost its file."""
     clock, logger = FakeClock(), ListLogger()
     path = make_db(tmp_path / "routes.db")
     mapping = open_db(path, clock, logger, cache_ttl=60.0, stale_ttl=3600.0)
     assert mapping.get("example.org") == Route("mx1.example.net:25")
     mapping.close()
     path.unlink()
+    return clock, logger, mapping
+
+
+def test_while_the_file_is_gone_a_known_route_is_served_stale(tmp_path: Path) -> None:
+    clock, logger, mapping = gone_after_one_answer(tmp_path)
     clock.now += 61
     assert mapping.get("example.org") == Route("mx1.example.net:25") and mapping.served_stale()
     assert logger.events() == ["mapping_stale_answer"]
@@ -136,12 +142,7 @@ def test_while_the_file_is_gone_a_known_route_is_served_stale(tmp_path: Path) ->
 
 def test_a_sighup_while_the_database_is_gone_keeps_serving_known_routes_stale(tmp_path: Path) -> None:
     # A certificate renewal hook sends SIGHUP during an outage: known recipients must not become 451s.
-    clock, logger = FakeClock(), ListLogger()
-    path = make_db(tmp_path / "routes.db")
-    mapping = open_db(path, clock, logger, cache_ttl=60.0, stale_ttl=3600.0)
-    assert mapping.get("example.org") == Route("mx1.example.net:25")
-    mapping.close()
-    path.unlink()
+    _, logger, mapping = gone_after_one_answer(tmp_path)
     mapping.reload()  # every answer is asked for again ...
     assert mapping.peek("example.org") is NOT_CACHED
     # ... and, the database being gone, the one it had is served stale.
