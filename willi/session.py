@@ -117,14 +117,16 @@ class Session:
     def pump(self, event: e.Event | None = None) -> None:
         """Run relay events (`event` first, when given: an outcome from
         outside) and protocol events until both have to wait."""
-        if event is not None:
-            self._events.append(event)
         if self._pumping or self.closed:
+            if event is not None:
+                self._events.append(event)
             return
         self._pumping = True
         events, proto = self._events, self.proto
         unanswered = False  # commands wait until the client reads the replies before them
         try:
+            if event is not None:
+                self._run(event)  # nothing else is queued while no pump runs
             while not self.closed:
                 if events:
                     self._run(events.pop(0))
@@ -186,11 +188,8 @@ class Session:
         for command in self.relay.handle(event, self.ctx.reactor.time()):
             if self.closed:
                 break  # closed by an earlier command (a write found the client gone)
-            execute = EXECUTE.get(type(command))
-            if execute is not None:
-                execute(self, command)
-            else:
-                UPSTREAM_EXECUTE[type(command)](up, command)
+            on_session, execute = EXECUTE[command.__class__]
+            execute(self if on_session else up, command)
 
     def _report_errors(self) -> None:
         """protocol_error for each command error (willi_protocol_errors_total{code})."""
@@ -316,7 +315,7 @@ class Session:
         self.ctx.session_closed(self)
 
 
-EXECUTE: dict[type, Callable[[Session, Any], None]] = {
+_ON_SESSION: dict[type, Callable[[Session, Any], None]] = {
     c.Answer: Session._answer,
     c.ReadBody: Session._read_body,
     c.BodyDone: Session._body_done,
@@ -325,6 +324,11 @@ EXECUTE: dict[type, Callable[[Session, Any], None]] = {
     c.StartClientTLS: Session._start_client_tls,
     c.Emit: Session._emit,
     c.Notice: Session._notice,
+}
+# Every relay command: (for the session itself?, its executor); one lookup a command.
+EXECUTE: dict[type, tuple[bool, Callable[[Any, Any], None]]] = {
+    **{kind: (True, execute) for kind, execute in _ON_SESSION.items()},
+    **{kind: (False, execute) for kind, execute in UPSTREAM_EXECUTE.items()},
 }
 
 CLIENT_EVENTS: dict[type, Callable[[Session, Any], None]] = {

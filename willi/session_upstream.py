@@ -147,7 +147,7 @@ class UpstreamSide:
         def on_reply(outcome: Any) -> None:
             if link is not self.link or self.session.closed:
                 return  # a link the relay let go
-            self._answer(e.UpstreamReplied(outcome) if type(outcome) is Reply else e.UpstreamFailed(outcome))
+            self.session.pump(e.UpstreamReplied(outcome) if type(outcome) is Reply else e.UpstreamFailed(outcome))
 
         return on_reply
 
