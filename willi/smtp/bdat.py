@@ -12,7 +12,7 @@ always lines.
 
 from __future__ import annotations
 
-from willi.smtp.body import BAD_LINE_ENDING, NUL, TOO_BIG, Violation, line_end_fault
+from willi.smtp.body import BAD_LINE_ENDING, NUL, TOO_BIG, Violation, line_ends
 
 MAX_SIZE_DIGITS = 20
 
@@ -56,8 +56,20 @@ class ChunkScanner:
             return
         if not self.strict:
             return
-        self.violation = line_end_fault(buf, start, stop, self._cr)
+        crlf, cr, lf, nul = line_ends(buf, start, stop)  # type: ignore[arg-type]
+        if nul:
+            self.violation = NUL
+            return
+        if self._cr:
+            if buf[start] != 10:
+                self.violation = BAD_LINE_ENDING
+                return
+            lf -= 1
         self._cr = buf[stop - 1] == 13
+        if self._cr:
+            cr -= 1
+        if lf != crlf or cr != crlf:
+            self.violation = BAD_LINE_ENDING
 
     def finish(self) -> None:
         """The LAST chunk is in: a CR at the very end is a bare CR."""

@@ -3,7 +3,7 @@
 The body is forwarded as it arrives; this scanner only answers, for each
 chunk, "where does the message end" and "is this chunk acceptable". Both are
 answered with bytes methods that run in C over the whole chunk: `find` for the
-end of data, `replace` and `find` for line endings and NUL. Only the 4 bytes of
+end of data, `count` for line endings, `in` for NUL. Only the 4 bytes of
 context that a chunk boundary can split are carried from chunk to chunk.
 
 End of data is CRLF.CRLF and nothing else (RFC 5321 §4.1.1.4). A bare LF, a
@@ -17,6 +17,23 @@ once the client's own end of data arrives.
 from __future__ import annotations
 
 END = b"\r\n.\r\n"
+# Every byte but CR, LF and NUL: what translate() deletes to leave only those.
+NOT_LINE_END = bytes(b for b in range(256) if b not in (0, 10, 13))
+
+
+def line_ends(buf: bytes | bytearray, start: int, stop: int) -> tuple[int, int, int, bool]:
+    """(CRLF pairs, CRs, LFs, any NUL) in buf[start:stop].
+
+    One translate() pass leaves only the CR, LF and NUL bytes, a few per
+    line, which are counted at no cost; only the pairs need a pass of their
+    own. Three count() passes cost half as much again (BENCHMARKS.md,
+    the strict scanner)."""
+    # bytes.translate runs at twice the speed of bytearray.translate.
+    chunk = buf[start:stop] if buf.__class__ is bytes else bytes(memoryview(buf)[start:stop])
+    ends = chunk.translate(None, NOT_LINE_END)
+    return buf.count(b"\r\n", start, stop), ends.count(13), ends.count(10), 0 in ends
+
+
 class Violation:
     """Why a body is refused; `None` on the scanner means none so far."""
 
@@ -32,35 +49,6 @@ class Violation:
 TOO_BIG = Violation("size")
 BAD_LINE_ENDING = Violation("bare CR or LF")
 NUL = Violation("NUL")
-
-
-# Every byte but CR, LF and NUL (bench/scanner.py times a translate() with it).
-NOT_LINE_END = bytes(b for b in range(256) if b not in (0, 10, 13))
-
-
-def line_end_fault(buf: bytes | bytearray | memoryview, start: int, stop: int, after_cr: bool) -> Violation | None:
-    """NUL or BAD_LINE_ENDING for buf[start:stop], or None when every line
-    end in it is CRLF. `after_cr`: the byte before `start` was a CR, so an LF
-    must come first; a CR as the last byte is let through (its LF may be
-    the next chunk's first byte: the caller checks that, or the message's end).
-
-    One replace() pass takes the CRLF pairs out; what is left must hold no
-    CR, LF or NUL, which memchr finds at no cost. That is a third less than
-    a translate() keeping the line ends plus a count of the pairs, and half
-    of three count() passes (BENCHMARKS.md, the strict scanner)."""
-    chunk = buf[start:stop] if buf.__class__ is bytes else bytes(memoryview(buf)[start:stop])
-    if chunk.find(0) >= 0:
-        return NUL
-    left = chunk.replace(b"\r\n", b"")
-    first = 0
-    if after_cr:
-        if chunk[0] != 10:
-            return BAD_LINE_ENDING
-        first = 1  # that LF ends the previous chunk's CR (it cannot be in a pair here)
-    last = len(left) - 1 if chunk[-1] == 13 else len(left)
-    if left.find(10, first, last) >= 0 or left.find(13, first, last) >= 0:
-        return BAD_LINE_ENDING
-    return None
 
 
 class DataScanner:
@@ -110,6 +98,17 @@ class DataScanner:
         return -1 if pos < 0 else pos + 5
 
     def _check(self, buf: bytes | bytearray, start: int, stop: int) -> None:
-        # A CR that ends this chunk is judged with the next one (_tail); the
-        # end of data always follows a CRLF, so none is left unjudged.
-        self.violation = line_end_fault(buf, start, stop, after_cr=self._tail[-1:] == b"\r")
+        crlf, cr, lf, nul = line_ends(buf, start, stop)
+        if nul:
+            self.violation = NUL
+            return
+        if self._tail[-1:] == b"\r":
+            # The previous chunk ended in CR: only an LF may complete it.
+            if buf[start] != 10:
+                self.violation = BAD_LINE_ENDING
+                return
+            lf -= 1
+        if buf[stop - 1] == 13:
+            cr -= 1  # its LF may come with the next chunk
+        if lf != crlf or cr != crlf:
+            self.violation = BAD_LINE_ENDING
