@@ -1,3 +1,3 @@
 """Willi: an SMTP proxy for inbound mail that routes each transaction by recipient."""
 
-__version__ = "0.2.2"
+__version__ = "0.2.3"
