@@ -20,7 +20,7 @@ from willi import replies
 from willi.connection import Connection
 from willi.context import format_traceback
 from willi.session_clock import ClientClock
-from willi.flow import BACKLOG, BACKLOG_LIMIT, CLIENT_FULL, Flow
+from willi.flow import BACKLOG, CLIENT_FULL, Flow
 from willi.records import RecipientRecord, SessionRecord
 from willi.relay import Relay, S
 from willi.session_upstream import UPSTREAM_EXECUTE, UpstreamSide
@@ -89,9 +89,7 @@ class Session:
             # Only input makes the backlog grow, and only while the protocol
             # is not reading commands (in COMMAND phase at most a partial line
             # is left over, bounded by the line limit).
-            buffered = self.proto.buffered
-            if buffered > BACKLOG_LIMIT or self.flow.paused & BACKLOG:
-                self.flow.backlog(buffered)
+            self.flow.backlog(self.proto.buffered)
 
     def on_eof(self, conn: Connection) -> None:
         """A read EOF is not a lost connection: what was received is worked

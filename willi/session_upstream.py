@@ -44,10 +44,6 @@ class UpstreamSide:
         self.stall_timer: Any = None
         self._on_reply: Callable[[Any], None] | None = None  # the bound link's replies go here
 
-    def _answer(self, event: e.Event) -> None:
-        """Hand an asynchronous outcome to the relay and let the session run."""
-        self.session.pump(event)
-
     def _next_token(self) -> int:
         self.token += 1
         return self.token
@@ -81,9 +77,9 @@ class UpstreamSide:
             return
         self._next_token()
         if exc is not None:
-            self._answer(e.RouteAnswered(None, replies.LOOKUP_FAILED, str(exc)))
+            self.session.pump(e.RouteAnswered(None, replies.LOOKUP_FAILED, str(exc)))
         else:
-            self._answer(e.RouteAnswered(answer.route if answer is not None else None))
+            self.session.pump(e.RouteAnswered(answer.route if answer is not None else None))
 
     # --- dialing ---------------------------------------------------------------------
     def dial(self, cmd: c.Dial) -> None:
@@ -110,10 +106,10 @@ class UpstreamSide:
                     link.quit()
                 return
             if link is None:
-                self._answer(e.DialFailed(why))
+                self.session.pump(e.DialFailed(why))
                 return
             self._adopt(link)
-            self._answer(e.LinkReady(link))
+            self.session.pump(e.LinkReady(link))
 
         self.dialing = self.ctx.dialer.dial(cmd.route, client, proto.tls_active, self._reverse_name, done)
 
@@ -184,7 +180,7 @@ class UpstreamSide:
         self.link = None
         self.cancel_stall_timer()
         self.session.flow.resume(UPSTREAM_FULL)
-        self._answer(e.UpstreamLost(exc))
+        self.session.pump(e.UpstreamLost(exc))
 
     def on_link_pause(self, link: UpstreamLink) -> None:
         """The upstream is behind: stop reading the client, and give the
@@ -218,7 +214,7 @@ class UpstreamSide:
         if self.link is not None and self.link.out_size < out_size:
             self._arm_stall_timer()  # slow, but it is reading
             return
-        self._answer(e.TimerFired(e.UPSTREAM_STALLED))
+        self.session.pump(e.TimerFired(e.UPSTREAM_STALLED))
 
 
 UPSTREAM_EXECUTE: dict[type, Callable[[UpstreamSide, Any], None]] = {
