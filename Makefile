@@ -31,6 +31,8 @@ fuzz: $(VENV)/.test-deps
 # make bench: Willi against nginx's mail proxy and HAProxy (bench/run.py, about
 # 14 minutes; rewrites BENCHMARKS.md; W6 starts a private MariaDB). Quick: BENCH_SCALE=0.05 make bench.
 # More options: BENCH_ARGS='--only willi --workload W1 --runs 1' (see --help).
+# It runs the revision the old BENCHMARKS.md measured beside this tree (willi-base);
+# BENCH_BASELINE=REV picks another, BENCH_BASELINE=none none.
 bench: $(VENV)/.deps
 	@missing=""; \
 	command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import procs  # noqa: E402
 import setups  # noqa: E402
+import trees  # noqa: E402
 from procs import Registry  # noqa: E402
 from workloads import source_argv  # noqa: E402
 
@@ -99,13 +100,6 @@ def _total(path: Path) -> int:
                 if line.startswith(("summary:", "totals:"))), default=0)
 
 
-def checkout(rev: str, into: Path) -> Path:
-    """A detached worktree of `rev` (removed again by the caller)."""
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), rev],
-                   check=True, capture_output=True)
-    return into
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=1000, help="messages counted per shape")
@@ -117,20 +111,15 @@ def main() -> int:
             print(f"bench: {tool} not found (apt-get install valgrind)", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory(prefix="willi-instr-") as tmp:
-        trees = {"this tree": REPO}
-        if args.against:
-            trees[args.against] = checkout(args.against, Path(tmp) / "against")
-        try:
-            rows = []
-            for name, tree in trees.items():
-                for shape, keep in SHAPES.items():
-                    rundir = Path(tmp) / f"{len(rows)}"
-                    rundir.mkdir()
-                    rows.append((name, shape, count(tree, keep, args.messages, rundir, args.python)))
-        finally:
-            if args.against:
-                subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force",
-                                str(Path(tmp) / "against")], capture_output=True)
+        counted = {"this tree": REPO}
+        if args.against:  # a `git archive` of it, gone with tmp
+            counted[args.against] = trees.extract(trees.resolve(args.against), Path(tmp) / "against")
+        rows = []
+        for name, tree in counted.items():
+            for shape, keep in SHAPES.items():
+                rundir = Path(tmp) / f"{len(rows)}"
+                rundir.mkdir()
+                rows.append((name, shape, count(tree, keep, args.messages, rundir, args.python)))
     print(f"| tree | shape | k instructions per message ({args.messages} messages, user space) |")
     print("| --- | --- | ---: |")
     for name, shape, per_message in rows:

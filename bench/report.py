@@ -242,6 +242,56 @@ def targets_table(summaries: dict, willi: str) -> list[str]:
     return lines
 
 
+def baseline_verdict(mine: Summary, base: Summary, higher_is_better: bool) -> str:
+    """Whether `mine` is worse than `base` by more than the run-to-run spread:
+    the medians' difference against the wider of the two min-max ranges."""
+    if min(len(mine.ok), len(base.ok)) < 2:
+        return "one run: no spread to compare with"
+    worse = base.median("rate") - mine.median("rate")
+    if not higher_is_better:
+        worse = -worse
+    spread = max(hi - lo for lo, hi in (mine.span("rate"), base.span("rate")))
+    if worse > spread:
+        return "**worse by more than the spread**"
+    if -worse > spread:
+        return "better by more than the spread"
+    return "within the spread"
+
+
+def baseline_table(workloads: list[Workload], summaries: dict, willi: str, base: str) -> list[str]:
+    """`willi` beside the baseline revision, workload by workload."""
+    lines = ["| workload | unit | willi median | min – max | willi-base median | min – max "
+             "| willi ÷ base | proxy CPU willi ÷ base | spread (wider range) | verdict |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for wl in workloads:
+        mine, theirs = summaries.get((wl.key, willi)), summaries.get((wl.key, base))
+        if not mine or not theirs:
+            continue
+        if not mine.ok or not theirs.ok:
+            lines.append(f"| {wl.key} | {wl.unit} | no data | | | | | | | – |")
+            continue
+        d = digits_for(wl.unit)
+        (lo, hi), (blo, bhi) = mine.span("rate"), theirs.span("rate")
+        spread = max(hi - lo, bhi - blo)
+        cpu = "–"
+        if wl.unit != "kB/session":
+            cpu = (f"{statistics.median([r.cpu_per_unit for r in mine.ok]) / statistics.median([r.cpu_per_unit for r in theirs.ok]):.2f}×")
+        lines.append(
+            f"| {wl.key} | {wl.unit} | {num(mine.median('rate'), d)} | {num(lo, d)} – {num(hi, d)} "
+            f"| {num(theirs.median('rate'), d)} | {num(blo, d)} – {num(bhi, d)} "
+            f"| {mine.median('rate') / theirs.median('rate'):.2f}× | {cpu} | {num(spread, d)} "
+            f"| {baseline_verdict(mine, theirs, wl.unit != 'kB/session')} |")
+    return lines
+
+
+BASELINE_NOTE = (
+    "`willi-base` is the baseline revision (see the facts above) run from a `git archive` of "
+    "its commit with the same env file, alternated run by run with `willi`: what a number in "
+    "an earlier BENCHMARKS.md would be on this machine today. The verdict compares the "
+    "difference of the medians with the run-to-run spread, taken as the wider of the two "
+    "min – max ranges; for W4 lower is better, for the rest higher.")
+
+
 # --- the file ----------------------------------------------------------------------
 def runs_table(results: list[Result]) -> list[str]:
     lines = ["| # | workload | configuration | result | rate | proxy CPU s | sink CPU s "
@@ -292,7 +342,8 @@ SCANNER_NOTE = (
 
 
 def render(meta: dict, workloads: list[Workload], setups: list[str], results: list[Result],
-           method: list[str], willi: str, history: str, scanner: list[str] | None = None) -> str:
+           method: list[str], willi: str, history: str, scanner: list[str] | None = None,
+           base: str | None = None) -> str:
     summaries = summarise(results)
     out = [
         "# Benchmarks",
@@ -345,6 +396,9 @@ def render(meta: dict, workloads: list[Workload], setups: list[str], results: li
             out += [*beside_w1(wl, present, summaries), ""]
         if wl.key == "W3" and scanner:
             out += ["#### W3's strict body checks alone", "", SCANNER_NOTE, "", *scanner, ""]
+    if base and willi != base and any(key[1] == base for key in summaries):
+        out += ["## Against the baseline", "", BASELINE_NOTE, "",
+                *baseline_table(workloads, summaries, willi, base), ""]
     out += ["## Targets", "", *targets_table(summaries, willi), "",
             "W5 (TLS) has no target in the issue; it is reported above only.", "",
             "## Failed runs and warnings", "", *problems(results), "",

@@ -6,9 +6,14 @@
     python bench/run.py --only willi --workload W1 --runs 1 \\
         --willi-cmd 'py-spy record -o /tmp/w1.svg -- {python} {willi} --config {config}'
     python bench/run.py --only willi,willi-w2 --workload W1,W2 --willi-env WILLI_BARE_LF=pass
+    python bench/run.py --only willi --workload W1,W2 --baseline 310ece1 --runs 5
 
 Every configuration is started fresh for each run, and the configurations are
 alternated run by run (A B C D A B C D ...) to spread the machine's noise.
+`willi-base` is another revision of Willi run beside this one in W1 to W4
+(--baseline; a full run takes the commit the current BENCHMARKS.md measured), so
+"slower than BENCHMARKS.md" is measured on this machine today, not read off
+a file written on another day.
 All traffic is on 127.0.0.1; every load is bounded in count (smtp-source -m,
 a fixed number of idle sessions) and in time (BENCH_RUN_TIMEOUT); every
 process is stopped by PID, also on an error or Ctrl-C. See bench/workloads.py
@@ -36,6 +41,7 @@ from pathlib import Path
 import procs
 import report
 import setups
+import trees
 import workloads
 from procs import Registry
 from workloads import WORKLOADS, Result, Workload
@@ -70,6 +76,10 @@ def arguments(argv: list[str]) -> argparse.Namespace:
                         "wrap it in py-spy or `-m cProfile -o FILE` to profile")
     p.add_argument("--willi-env", action="append", default=[], metavar="KEY=VALUE",
                    help="add or override a key of Willi's env file (repeatable)")
+    p.add_argument("--baseline", default=env("BENCH_BASELINE", "auto"), metavar="REV",
+                   help="a git revision run beside this tree as `willi-base` in W1 to W4: auto "
+                        "(the default: in a run that rewrites --output, the commit that file "
+                        "names as measured; else none), none, or a revision (BENCH_BASELINE)")
     p.add_argument("--nginx-workers", default=env("BENCH_NGINX_WORKERS", "1"))
     p.add_argument("--haproxy-threads", type=int, default=int(env("BENCH_HAPROXY_THREADS", "1")))
     p.add_argument("--output", type=Path, default=setups.REPO / "BENCHMARKS.md")
@@ -136,10 +146,20 @@ def per_run_options(wl: Workload, opts: setups.Options, rundir: Path, sink_port:
 
 def pick_setups(text: str) -> list[str]:
     chosen = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in setups.SETUPS]
+    unknown = [s for s in chosen if s not in setups.SETUPS or s == setups.BASELINE]
     if unknown or not chosen:
-        raise SystemExit(f"bench: unknown configuration(s) {unknown}; known: {list(setups.SETUPS)}")
+        raise SystemExit(f"bench: unknown configuration(s) {unknown}; known: "
+                         f"{[s for s in setups.SETUPS if s != setups.BASELINE]} "
+                         f"({setups.BASELINE} comes with --baseline)")
     return chosen
+
+
+def with_baseline(chosen: list[str], commit: str | None) -> list[str]:
+    """willi-base right after willi (or last), when there is a baseline and Willi runs."""
+    if commit is None or not any(s.startswith("willi") for s in chosen):
+        return chosen
+    at = chosen.index("willi") + 1 if "willi" in chosen else len(chosen)
+    return chosen[:at] + [setups.BASELINE] + chosen[at:]
 
 
 # --- one run ------------------------------------------------------------------------
@@ -236,7 +256,7 @@ def first_line(argv: list[str]) -> str:
     return ((done.stdout or "") + (done.stderr or "")).strip().splitlines()[0]
 
 
-def facts(args: argparse.Namespace, chosen: list[str]) -> dict[str, str]:
+def facts(args: argparse.Namespace, chosen: list[str], baseline: dict[str, str]) -> dict[str, str]:
     cpuinfo = Path("/proc/cpuinfo").read_text()
     model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
     mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
@@ -248,8 +268,11 @@ def facts(args: argparse.Namespace, chosen: list[str]) -> dict[str, str]:
         "haproxy": first_line([procs.tool("haproxy"), "-v"]),
         "nginx": first_line([procs.tool("nginx"), "-v"]) + f" with {setups.NGINX_MAIL_MODULE}",
         "postfix (smtp-source, smtp-sink)": first_line([procs.tool("postconf"), "-d", "mail_version"]),
+        # The commit, never a tag name: bench/trees.py reads it back as the next baseline.
         "willi": first_line([args.python, str(setups.REPO / "willi.py"), "--version"])
-                 + " at " + first_line(["git", "-C", str(setups.REPO), "describe", "--always", "--dirty"]),
+                 + " at " + first_line(["git", "-C", str(setups.REPO), "describe", "--always", "--dirty",
+                                      "--exclude=*"]),
+        **baseline,
         "tls (W5)": first_line([procs.tool("openssl"), "version"]) + "; bench/tlsrelay.py on "
                     + first_line([args.python, "-c", "import ssl, sys; print(sys.version.split()[0], "
                                   "ssl.OPENSSL_VERSION)"]),
@@ -298,6 +321,12 @@ def method(results: list[Result], wls: list[Workload], opts: setups.Options,
         "connection for all the messages of that process. So W2 runs 2 lanes side by side, "
         "each a sequence of `smtp-source -d -s 25 -m 250`: 50 sessions in flight and 10 "
         "messages per connection on average (25 connections share 250 messages).",
+        "- `willi-base` (W1 to W4): the revision of Willi the previous BENCHMARKS.md measured "
+        "(the commit its `willi:` line names; `--baseline REV` or BENCH_BASELINE picks "
+        "another, `none` none), run from a `git archive` of that commit with the same env file "
+        "and alternated with `willi`. A number in an old file was measured on the machine as "
+        "it was that day (this VM has measured one commit 1.6 times slower a week apart), so "
+        "*Against the baseline* answers \"slower than before?\" from runs of the same hour.",
         "- W3: smtp-source writes each message with one blocking write, so its 4 sessions "
         "send bodies one at a time; smtp-sink, which reads them, is the ceiling "
         "(see `direct`). MB = 10^6 bytes, GB = 10^9 bytes of payload.",
@@ -410,15 +439,25 @@ def main(argv: list[str]) -> int:
     full = (set(setups.DEFAULT_SETUPS) <= set(chosen) and len(wls) == len(WORKLOADS)
             and args.scale == 1 and args.runs >= 3)
     write = full if args.write is None else args.write
+    if args.baseline == "auto" and not write:
+        commit, chosen_how = None, "none (a run that does not rewrite the file; --baseline REV runs one)"
+    else:
+        commit, chosen_how = trees.baseline_rev(args.baseline, args.output)
+    chosen = with_baseline(chosen, commit)
     plan = [(wl, n, s) for wl in wls if wl.kind != "skip" for n in range(1, args.runs + 1)
             for s in setups_for(wl, chosen)]
     tmp = Path(tempfile.mkdtemp(prefix="willi-bench-"))
-    if any(wl.tls for wl in wls):  # a throwaway CA and key, removed with tmp
-        opts.certs = setups.make_certs(tmp / "tls")
+    baseline: dict[str, str] = {}
     registry, results = Registry(), []
     begin, started = time.monotonic(), datetime.datetime.now().astimezone()
     interrupted = False
-    try:
+    try:  # from here on tmp is removed whatever happens, a failed preparation too
+        if commit is not None and setups.BASELINE in chosen:
+            opts.baseline = trees.extract(commit, tmp / "baseline")
+            baseline = {f"baseline ({setups.BASELINE})": f"willi {trees.version_of(opts.baseline)} "
+                                                         f"at {commit[:7]}: {chosen_how}"}
+        if any(wl.tls for wl in wls):  # a throwaway CA and key, removed with tmp
+            opts.certs = setups.make_certs(tmp / "tls")
         if any(wl.mapping == "mysql" and setups_for(wl, chosen) for wl in wls):
             import lookups
 
@@ -439,7 +478,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     elapsed = time.monotonic() - begin
     meta = {"date": started.strftime("%Y-%m-%d %H:%M %Z"),
-            "duration": f"{elapsed / 60:.1f} minutes", "facts": facts(args, chosen)}
+            "duration": f"{elapsed / 60:.1f} minutes", "facts": facts(args, chosen, baseline)}
     scan = None
     if any(wl.key == "W3" for wl in wls) and not interrupted:
         import scanner
@@ -447,7 +486,7 @@ def main(argv: list[str]) -> int:
         scan = scanner.table(scanner.run_all())
     text = report.render(meta, wls, chosen, results, method(results, wls, opts, args),
                          "willi" if "willi" in chosen else chosen[-1], report.history_of(args.output),
-                         scan)
+                         scan, base=setups.BASELINE)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"meta": meta, "results": [dataclasses.asdict(r) for r in results]},
                                     indent=1))

@@ -41,6 +41,7 @@ class Options:
     max_sessions: int = 9000
     certs: "Certs | None" = None  # W5: made once per benchmark by make_certs
     database: object = None  # W6: the benchmark's MariaDB (lookups.Database), started once
+    baseline: Path | None = None  # willi-base: another revision's files (bench/trees.py)
 
 
 @dataclass
@@ -222,7 +223,8 @@ def start_nginx(registry: Registry, rundir: Path, sink_port: int, opts: Options,
 
 
 def start_willi(registry: Registry, rundir: Path, sink_port: int, opts: Options,
-                extra: dict[str, str] | None = None, name: str = "willi") -> Running:
+                extra: dict[str, str] | None = None, name: str = "willi",
+                tree: Path = REPO) -> Running:
     port = free_port()
     values = {"PORT": port, "SINK_PORT": sink_port, "DIR": rundir}
     render("upstreams.csv", rundir / "upstreams.csv", values)
@@ -233,10 +235,10 @@ def start_willi(registry: Registry, rundir: Path, sink_port: int, opts: Options,
         text += "".join(f"{key}={value}\n" for key, value in overrides.items())
         (rundir / "willi.env").write_text(text)
     argv = shlex.split(opts.willi_cmd.format(
-        python=opts.python, willi=REPO / "willi.py", config=rundir / "willi.env"))
+        python=opts.python, willi=tree / "willi.py", config=rundir / "willi.env"))
     # Only the env file configures Willi: WILLI_* from the caller's shell are dropped.
     env = {k: v for k, v in os.environ.items() if not k.startswith("WILLI_")}
-    proc = registry.start(name, argv, rundir / "willi.log", env=env, cwd=REPO,
+    proc = registry.start(name, argv, rundir / "willi.log", env=env, cwd=tree,
                           skip_comm=("py-spy",))
     wait_ready(name, port, proc)
     return Running(name, port, proc, shlex.join(argv), {"willi.env": text})
@@ -303,6 +305,19 @@ def start_willi_pass(registry: Registry, rundir: Path, sink_port: int, opts: Opt
 
 
 SETUPS["willi-pass"] = start_willi_pass  # W3 only (PASS_WORKLOADS)
+
+
+def start_willi_base(registry: Registry, rundir: Path, sink_port: int, opts: Options) -> Running:
+    """The baseline revision (--baseline, bench/trees.py) with this run's env file:
+    "not slower than BENCHMARKS.md" asked of the same machine on the same day."""
+    if opts.baseline is None:
+        raise RuntimeError("willi-base needs --baseline (a git revision) or a BENCHMARKS.md "
+                           "that names its commit")
+    return start_willi(registry, rundir, sink_port, opts, None, BASELINE, tree=opts.baseline)
+
+
+BASELINE = "willi-base"
+SETUPS[BASELINE] = start_willi_base  # W1 to W4 only: the workloads every revision can run
 SETUPS["willi-noresume"] = SETUPS["willi-resume"] = start_willi_nopool  # W5 names; see RESUME_SETUPS
 
 

@@ -3,7 +3,7 @@ working on a fresh clone: Willi under valgrind, smtp-source to smtp-sink, for
 this tree and for a git revision checked out beside it (`--against`).
 
 BENCHMARKS.md's History leans on these counts; nothing else in the suite
-would notice a valgrind option, a callgrind dump or the worktree step going
+would notice a valgrind option, a callgrind dump or the `git archive` step going
 wrong. The count itself is only checked to be a plausible one (a Python
 relay spends a few hundred thousand instructions a message); what it is
 exactly is the benchmark's business, not a test's.
@@ -42,6 +42,6 @@ def test_instructions_per_message_are_counted_for_this_tree_and_a_revision_besid
     rows = {(tree, shape): float(k) for tree, shape, k in ROW.findall(done.stdout)}
     assert set(rows) == {("this tree", "W1"), ("this tree", "W2"), ("HEAD", "W1"), ("HEAD", "W2")}, done.stdout
     assert all(50 < k < 5000 for k in rows.values()), rows  # k instructions a message
-    # The worktree it checked out is gone again.
+    # The revision came from `git archive`: nothing was added to the repository.
     worktrees = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
     assert "willi-instr-" not in worktrees
