@@ -245,18 +245,23 @@ def targets_table(summaries: dict, willi: str) -> list[str]:
 MIN_WALL = 1.0  # seconds of load below which start-up and ordering outweigh the code
 
 
+def spread_of(mine: Summary, base: Summary) -> float:
+    """The run-to-run spread: the wider of the two min-max ranges."""
+    return max(hi - lo for lo, hi in (mine.span("rate"), base.span("rate")))
+
+
 def baseline_verdict(mine: Summary, base: Summary, higher_is_better: bool) -> str:
     """Whether `mine` is worse than `base` by more than the run-to-run spread:
     the medians' difference against the wider of the two min-max ranges."""
     if min(len(mine.ok), len(base.ok)) < 2:
         return "one run: no spread to compare with"
-    if higher_is_better and min(statistics.median([r.wall for r in s.ok]) for s in (mine, base)) < MIN_WALL:
+    if higher_is_better and min(mine.median("wall"), base.median("wall")) < MIN_WALL:
         # Measured: two runs of one tree at BENCH_SCALE=0.02 (0.1 s each) came out 9% apart.
         return f"runs under {MIN_WALL:.0f} s: too short to judge"
     worse = base.median("rate") - mine.median("rate")
     if not higher_is_better:
         worse = -worse
-    spread = max(hi - lo for lo, hi in (mine.span("rate"), base.span("rate")))
+    spread = spread_of(mine, base)
     if worse > spread:
         return "**worse by more than the spread**"
     if -worse > spread:
@@ -278,14 +283,13 @@ def baseline_table(workloads: list[Workload], summaries: dict, willi: str, base:
             continue
         d = digits_for(wl.unit)
         (lo, hi), (blo, bhi) = mine.span("rate"), theirs.span("rate")
-        spread = max(hi - lo, bhi - blo)
         cpu = "–"
         if wl.unit != "kB/session":
-            cpu = (f"{statistics.median([r.cpu_per_unit for r in mine.ok]) / statistics.median([r.cpu_per_unit for r in theirs.ok]):.2f}×")
+            cpu = f"{mine.median('cpu_per_unit') / theirs.median('cpu_per_unit'):.2f}×"
         lines.append(
             f"| {wl.key} | {wl.unit} | {num(mine.median('rate'), d)} | {num(lo, d)} – {num(hi, d)} "
             f"| {num(theirs.median('rate'), d)} | {num(blo, d)} – {num(bhi, d)} "
-            f"| {mine.median('rate') / theirs.median('rate'):.2f}× | {cpu} | {num(spread, d)} "
+            f"| {mine.median('rate') / theirs.median('rate'):.2f}× | {cpu} | {num(spread_of(mine, theirs), d)} "
             f"| {baseline_verdict(mine, theirs, wl.unit != 'kB/session')} |")
     return lines
 

@@ -439,10 +439,9 @@ def main(argv: list[str]) -> int:
     full = (set(setups.DEFAULT_SETUPS) <= set(chosen) and len(wls) == len(WORKLOADS)
             and args.scale == 1 and args.runs >= 3)
     write = full if args.write is None else args.write
-    if args.baseline == "auto" and not write:
-        commit, chosen_how = None, "none (a run that does not rewrite the file; --baseline REV runs one)"
-    else:
-        commit, chosen_how = trees.baseline_rev(args.baseline, args.output)
+    # auto: only a run that rewrites the file compares with the tree it measured
+    commit, chosen_how = ((None, "") if args.baseline == "auto" and not write
+                          else trees.baseline_rev(args.baseline, args.output))
     chosen = with_baseline(chosen, commit)
     plan = [(wl, n, s) for wl in wls if wl.kind != "skip" for n in range(1, args.runs + 1)
             for s in setups_for(wl, chosen)]

@@ -14,7 +14,8 @@ import re
 import subprocess
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from setups import REPO
+
 # The facts line bench/run.py writes: "- willi: willi 0.2.1 at b305e47-dirty".
 MEASURED = re.compile(r"^- willi: willi \S+ at ([0-9a-f]{7,40})(?:-dirty)?$", re.M)
 
@@ -71,6 +72,6 @@ def extract(commit: str, into: Path) -> Path:
 
 def version_of(tree: Path) -> str:
     """`__version__` from a tree's willi/__init__.py, without importing it."""
-    text = (tree / "willi" / "__init__.py").read_text() if (tree / "willi" / "__init__.py").exists() else ""
-    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", text)
+    init = tree / "willi" / "__init__.py"
+    found = re.search(r"__version__\s*=\s*[\"']([^\"']+)", init.read_text() if init.exists() else "")
     return found.group(1) if found else "?"
